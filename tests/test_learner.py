@@ -1,0 +1,131 @@
+"""MetaLearner: the regimes, the joint updates, checkpoint state."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.helpers import regression_task, tiny_warped_mlp
+from warpgrad import Leap, MetaLearner, WarpGrad, adapt, make_learner
+from warpgrad.algorithms import MAML
+
+
+def _phi_vector(model):
+    return torch.cat([p.detach().flatten() for p in model.warp_parameters().values()])
+
+
+class _Keep:
+    needs_final_loss = False
+
+    def __init__(self):
+        self.records = []
+
+    def observe(self, record):
+        self.records.append(record)
+
+
+def _expected_warp_gradient(model, tasks, objective, lr, steps):
+    """Mean of the point-wise meta-gradients over every point of every task, computed
+    point by point from independently recorded trajectories (full-batch tasks: no sampling)."""
+    learner = MetaLearner(model, F.mse_loss, steps=steps, warp=objective, inner_lr=lr)
+    total, count = 0.0, 0
+    for task in tasks:
+        keep = _Keep()
+        adapt(model, model.init_theta(), task, F.mse_loss, learner.optimizer, steps,
+              observers=[keep])
+        points = keep.records
+        for p in points:
+            batches = task.warp_batches(p.step)
+            loss = objective.point_loss(model, F.mse_loss, learner.optimizer, p.theta, p.state,
+                                        *batches)
+            grads = torch.autograd.grad(loss, list(model.warp_parameters().values()))
+            total = total + torch.cat([g.flatten() for g in grads])
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("regime", ["online", "offline"])
+def test_one_meta_step_moves_phi_by_the_mean_meta_gradient(regime):
+    tasks = [regression_task(s) for s in range(3)]
+    steps, lr = 3, 0.4
+    model = tiny_warped_mlp()
+    objective = WarpGrad("exact", regime, points_per_update=len(tasks) * (steps + 1))
+    expected = _expected_warp_gradient(model, tasks, objective, lr, steps)
+    before = _phi_vector(model)
+    learner = MetaLearner(model, F.mse_loss, steps=steps, warp=objective, inner_lr=lr,
+                          warp_lr=1.0)
+    stats = learner.meta_step(tasks)
+    torch.testing.assert_close(before - _phi_vector(model), expected)
+    assert "warp_loss" in stats
+
+
+def test_offline_makes_one_warp_update_per_point_mini_batch():
+    tasks = [regression_task(s) for s in range(2)]
+    model = tiny_warped_mlp()
+    learner = MetaLearner(model, F.mse_loss, steps=4, warp=WarpGrad(points_per_update=3,
+                                                                    epochs=2), inner_lr=0.1)
+    calls = []
+    original = learner.warp_optimizer.step
+    learner.warp_optimizer.step = lambda: calls.append(1) or original()
+    learner.meta_step(tasks)
+    assert len(calls) == 2 * 4  # 10 points in mini-batches of 3 → 4 updates, 2 epochs
+
+
+def test_leap_updates_only_the_initialisation_and_warp_only_phi():
+    tasks = [regression_task(s) for s in range(2)]
+    model = tiny_warped_mlp()
+    theta0, phi = model.init_theta().detach().clone(), _phi_vector(model)
+    make_learner("leap", tiny_warped_mlp(), F.mse_loss, steps=3)  # needs no warps itself
+    learner = MetaLearner(model, F.mse_loss, steps=3, init=Leap(), inner_lr=0.3, init_lr=0.5)
+    learner.meta_step(tasks)
+    assert torch.equal(_phi_vector(model), phi)
+    # θ_0 moved by −lr × the mean of the tasks' Leap gradients
+    grads = []
+    for task in tasks:
+        observer = Leap().observer()
+        adapt(model, theta0, task, F.mse_loss, learner.optimizer, 3, observers=[observer])
+        grads.append(observer.gradient)
+    torch.testing.assert_close(model.init_theta().detach(), theta0 - 0.5 * sum(grads) / 2)
+
+    model = tiny_warped_mlp()
+    theta0 = model.init_theta().detach().clone()
+    MetaLearner(model, F.mse_loss, steps=3, warp=WarpGrad(), inner_lr=0.3).meta_step(tasks)
+    assert torch.equal(model.init_theta().detach(), theta0)
+    assert not torch.equal(_phi_vector(model), phi)
+
+
+def test_meta_sgd_learns_the_inner_learning_rate_through_maml():
+    model = tiny_warped_mlp()
+    learner = MetaLearner(model, F.mse_loss, steps=2, init=MAML(), learn_lr=True,
+                          granularity="element", inner_lr=0.1)
+    before = learner.optimizer.lr.detach().clone()
+    learner.meta_step([regression_task(0)])
+    assert not torch.equal(learner.optimizer.lr.detach(), before)
+
+
+def test_state_dict_round_trip_reproduces_the_next_step():
+    tasks = [regression_task(s, batch_size=4, meta_split="train") for s in range(2)]
+
+    def fresh():
+        return make_learner("warp-leap", tiny_warped_mlp(), F.mse_loss, steps=3,
+                            meta_optimizer="adam", seed=5)
+
+    a = fresh()
+    a.meta_step(tasks)
+    b = fresh()
+    b.load_state_dict(a.state_dict())
+    assert a.meta_step(tasks) == b.meta_step(tasks)
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_bad_configurations_fail_clearly():
+    from warpgrad import mlp
+
+    with pytest.raises(ValueError, match="unknown method"):
+        make_learner("warp-sgd", tiny_warped_mlp(), F.mse_loss, steps=2)
+    with pytest.raises(ValueError, match="needs a model with warp layers"):
+        make_learner("warp-leap", mlp(warp=None), F.mse_loss, steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        MetaLearner(tiny_warped_mlp(), F.mse_loss, steps=0)
+    with pytest.raises(ValueError, match="at least one task"):
+        make_learner("leap", tiny_warped_mlp(), F.mse_loss, steps=2).meta_step([])

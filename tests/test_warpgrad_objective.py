@@ -1,0 +1,209 @@
+"""WarpGrad's meta-objective: each variant against an independent reference."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.helpers import finite_difference, regression_task, tiny_warped_mlp
+from warpgrad import InnerSGD, WarpGrad, adapt, conv4
+from warpgrad.engine import ReplayBuffer
+from warpgrad.tasks import Task
+
+
+def _setup(momentum=0.0, seed=0):
+    model = tiny_warped_mlp(seed)
+    task = regression_task(seed)
+    opt = InnerSGD(model.task_spec, 0.5, momentum, dtype=torch.float64)
+    theta = model.init_theta().detach() + 0.1
+    state = None if momentum == 0 else torch.full_like(theta, 0.05)
+    batches = ((task.x_train, task.y_train), [(task.x_test, task.y_test)])
+    return model, opt, theta, state, batches
+
+
+def _phi(model):
+    return list(model.warp_parameters().values())
+
+
+def _grad(objective, model, opt, theta, state, batches):
+    loss = objective.point_loss(model, F.mse_loss, opt, theta, state, *batches)
+    return torch.autograd.grad(loss, _phi(model))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_exact_matches_finite_differences(momentum):
+    model, opt, theta, state, batches = _setup(momentum)
+    objective = WarpGrad("exact")
+    grads = _grad(objective, model, opt, theta, state, batches)
+    with torch.no_grad():
+        reference = finite_difference(
+            lambda: objective.point_loss(model, F.mse_loss, opt, theta, state, *batches),
+            _phi(model))
+    for g, r in zip(grads, reference):
+        torch.testing.assert_close(g, r, atol=1e-8, rtol=1e-6)
+
+
+def _naive_first_order(model, theta, lr, batches, step=True):
+    """Explicit parameter copies and .backward(), the way the original code works."""
+    net = copy.deepcopy(model.module)
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for name, value in model.task_spec.unflatten(theta).items():
+            params[name].copy_(value)
+    (x, y), [(xm, ym)] = batches
+    if step:
+        F.mse_loss(net(x), y).backward()
+        with torch.no_grad():
+            for name in model.task_names:
+                params[name] -= lr * params[name].grad
+        net.zero_grad()
+    F.mse_loss(net(xm), ym).backward()
+    return [params[n].grad for n in model.warp_names]
+
+
+def test_first_order_matches_naive_copy_implementation():
+    model, opt, theta, state, batches = _setup()
+    grads = _grad(WarpGrad("first-order"), model, opt, theta, state, batches)
+    for g, r in zip(grads, _naive_first_order(model, theta, 0.5, batches)):
+        torch.testing.assert_close(g, r)
+
+
+def test_no_step_matches_loss_at_the_point_itself():
+    model, opt, theta, state, batches = _setup()
+    grads = _grad(WarpGrad("no-step"), model, opt, theta, state, batches)
+    for g, r in zip(grads, _naive_first_order(model, theta, 0.5, batches, step=False)):
+        torch.testing.assert_close(g, r)
+
+
+def test_exact_differs_measurably_from_first_order():
+    """The original code's silent detach made 'exact' equal to first-order; ours must not."""
+    model, opt, theta, state, batches = _setup()
+    exact = torch.cat([g.flatten() for g in _grad(WarpGrad("exact"), model, opt, theta, state,
+                                                  batches)])
+    first = torch.cat([g.flatten() for g in _grad(WarpGrad("first-order"), model, opt, theta,
+                                                  state, batches)])
+    relative = (exact - first).norm() / exact.norm()
+    assert relative > 0.05
+
+
+def test_learned_learning_rate_gets_the_exact_gradient():
+    model, _, theta, state, batches = _setup()
+    opt = InnerSGD(model.task_spec, 0.5, learn_lr=True, dtype=torch.float64)
+    objective = WarpGrad("exact")
+    loss = objective.point_loss(model, F.mse_loss, opt, theta, state, *batches)
+    (grad,) = torch.autograd.grad(loss, [opt.lr])
+    with torch.no_grad():
+        (reference,) = finite_difference(
+            lambda: objective.point_loss(model, F.mse_loss, opt, theta, state, *batches),
+            [opt.lr])
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, reference, atol=1e-8, rtol=1e-6)
+
+
+def test_meta_gradient_ignores_how_the_point_was_reached():
+    """θ_k is a constant: a differentiable and a detached trajectory give the same φ-gradient,
+    so φ's gradient never flows through more than the one step."""
+    model = tiny_warped_mlp()
+    task = regression_task()
+    opt = InnerSGD(model.task_spec, 0.3, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    live = adapt(model, model.init_theta(), task, F.mse_loss, opt, 4, create_graph=True,
+                 generator=gen)
+    assert live.theta.requires_grad  # carries the graph of 4 steps back to θ_0 and φ
+    gen.manual_seed(0)
+    dead = adapt(model, model.init_theta(), task, F.mse_loss, opt, 4, generator=gen)
+    assert not dead.theta.requires_grad
+    batches = ((task.x_train, task.y_train), [(task.x_test, task.y_test)])
+    objective = WarpGrad("exact")
+    g_live = _grad(objective, model, opt, live.theta, None, batches)
+    g_dead = _grad(objective, model, opt, dead.theta, None, batches)
+    for a, b in zip(g_live, g_dead):
+        assert torch.equal(a, b)
+
+
+def _filled_buffer(model, tasks, opt, steps, generator):
+    buffer = ReplayBuffer(len(tasks) * (steps + 1), model.task_spec.numel,
+                          with_state=opt.has_state, dtype=torch.float64)
+    for i, task in enumerate(tasks):
+        adapt(model, model.init_theta(), task, F.mse_loss, opt, steps,
+              observers=[buffer.recorder(i)], generator=generator)
+    return buffer
+
+
+@pytest.mark.parametrize("variant", ["exact", "first-order", "no-step"])
+def test_batched_points_match_one_at_a_time(variant):
+    model = tiny_warped_mlp()
+    tasks = [regression_task(s) for s in range(3)]
+    opt = InnerSGD(model.task_spec, 0.3, momentum=0.5, dtype=torch.float64)
+    buffer = _filled_buffer(model, tasks, opt, 3, torch.Generator().manual_seed(1))
+    points = buffer.gather(torch.arange(len(buffer)))
+    grads = {}
+    for batched in (False, True):
+        objective = WarpGrad(variant, batched=batched, chunk_size=5)
+        loss = objective.points_loss(model, F.mse_loss, opt, points, tasks)
+        grads[batched] = torch.autograd.grad(loss, _phi(model))
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_points_match_on_conv4_with_batch_norm():
+    """vmap must keep each point's own batch statistics (BN over its own batch)."""
+    torch.manual_seed(0)
+    model = conv4(5, image_size=28, filters=8, warp="conv3x3", warp_batch_norm=True,
+                  warp_activation="relu")
+    gen = torch.Generator().manual_seed(0)
+    tasks = [Task(torch.rand(10, 1, 28, 28, generator=gen), torch.arange(10) % 5,
+                  torch.rand(5, 1, 28, 28, generator=gen), torch.arange(5), batch_size=6,
+                  meta_split="train") for _ in range(2)]
+    opt = InnerSGD(model.task_spec, 0.1)
+    buffer = ReplayBuffer(6, model.task_spec.numel)
+    for i, task in enumerate(tasks):
+        adapt(model, model.init_theta(), task, F.cross_entropy, opt, 2,
+              observers=[buffer.recorder(i)], generator=gen)
+    points = buffer.gather(torch.arange(6))
+    grads = {}
+    for batched in (False, True):
+        loss = WarpGrad("exact", batched=batched).points_loss(
+            model, F.cross_entropy, opt, points, tasks, torch.Generator().manual_seed(3))
+        grads[batched] = torch.autograd.grad(loss, _phi(model))
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_invalid_options_are_rejected_with_clear_errors():
+    with pytest.raises(ValueError, match="unknown WarpGrad variant"):
+        WarpGrad("second-order")
+    with pytest.raises(ValueError, match="regime"):
+        WarpGrad(regime="sometimes")
+    with pytest.raises(ValueError, match="stride"):
+        WarpGrad(stride=0)
+
+
+class _TwoSubtasks(Task):
+    """A continual-learning-style task: the meta-loss covers the current and a past subset."""
+
+    def warp_batches(self, step, generator=None):
+        past = (self.x_test[:3], self.y_test[:3])
+        current = (self.x_test[3:], self.y_test[3:])
+        return (self.x_train, self.y_train), [current, past]
+
+
+def test_meta_loss_averages_over_several_datasets():
+    model, opt, theta, state, _ = _setup()
+    base = regression_task()
+    task = _TwoSubtasks(base.x_train, base.y_train, base.x_test, base.y_test)
+    inner, metas = task.warp_batches(0)
+    objective = WarpGrad("exact")
+    both = objective.point_loss(model, F.mse_loss, opt, theta, state, inner, metas)
+    each = [objective.point_loss(model, F.mse_loss, opt, theta, state, inner, [m])
+            for m in metas]
+    torch.testing.assert_close(both, (each[0] + each[1]) / 2)
+    assert not torch.allclose(each[0], each[1])
+    # and the learner's online and offline regimes accept such tasks
+    from warpgrad import MetaLearner
+
+    for regime in ("online", "offline"):
+        learner = MetaLearner(model, F.mse_loss, steps=2, warp=WarpGrad(regime=regime),
+                              inner_lr=0.1)
+        assert learner.meta_step([task])["warp_loss"] > 0

@@ -1,0 +1,233 @@
+"""MetaLearner: one meta-iteration of any combination of a warp objective and an
+initialisation objective, on the shared inner loop.
+
+Read :meth:`MetaLearner.meta_step` top to bottom for the whole algorithm:
+
+1. for each task of the meta-batch, adapt θ from θ_0 by K steps of SGD through the warped
+   model (φ frozen), while observers watch the trajectory: the initialisation objective's
+   (Leap), WarpGrad's online meta-loss (Algorithm 1) or the replay-buffer recorder
+   (Algorithm 2);
+2. collect each task's gradient for θ_0 (Leap, Reptile, MAML) and average;
+3. update φ: once from the accumulated online gradient, or over the replay buffer (offline);
+4. update θ_0.
+
+Warp-Leap = ``WarpGrad`` + ``Leap``; Warp-MAML = ``WarpGrad`` + ``MAML``; Warp-Reptile =
+``WarpGrad`` + ``Reptile``; Leap, MAML, Reptile alone have ``warp=None``; WarpGrad with a fixed
+initialisation has ``init=None``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from warpgrad.algorithms.base import InitObjective, TaskRun
+from warpgrad.algorithms.warpgrad import WarpGrad
+from warpgrad.engine.adapt import Adaptation, LossFn, Observer, adapt
+from warpgrad.engine.buffer import ReplayBuffer
+from warpgrad.engine.inner_sgd import Granularity, InnerSGD
+from warpgrad.models.warped import WarpedModel
+from warpgrad.tasks.base import Task
+
+OptimizerName = Literal["sgd", "adam"]
+
+
+class MetaLearner:
+    """Meta-learns a warped model's φ and/or θ_0 over tasks.
+
+    Args:
+        model: the :class:`WarpedModel`; its task parameters are θ_0, its warps φ.
+        loss_fn: ``(prediction, target) -> scalar``.
+        steps: K, SGD steps per task during meta-training.
+        warp: the objective for φ (:class:`WarpGrad`) or ``None`` to keep φ fixed.
+        init: the objective for θ_0 (Leap, Reptile, MAML) or ``None`` to keep θ_0 fixed.
+        inner_lr, momentum: the inner optimiser, SGD with optional momentum.
+        learn_lr, learn_momentum, granularity: meta-learn the inner optimiser's rates (by the
+            warp objective when there is one, else by the init objective, as in Meta-SGD).
+        warp_lr, init_lr: meta learning rates for φ and θ_0.
+        meta_optimizer: ``"sgd"`` (the paper's Omniglot protocol) or ``"adam"``.
+        seed: seeds every batch draw and buffer shuffle of this learner.
+    """
+
+    def __init__(
+        self,
+        model: WarpedModel,
+        loss_fn: LossFn,
+        *,
+        steps: int,
+        warp: WarpGrad | None = None,
+        init: InitObjective | None = None,
+        inner_lr: float = 0.1,
+        momentum: float = 0.0,
+        learn_lr: bool = False,
+        learn_momentum: bool = False,
+        granularity: Granularity = "tensor",
+        warp_lr: float = 0.1,
+        init_lr: float = 0.1,
+        meta_optimizer: OptimizerName = "sgd",
+        seed: int = 0,
+    ) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if warp is not None and not model.warp_names and not learn_lr and not learn_momentum:
+            raise ValueError("a warp objective needs warp layers: the model has none "
+                             "(name them in WarpedModel(module, warps=[...]))")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.steps = steps
+        self.warp = warp
+        self.init = init
+        reference = next(model.parameters())
+        self.optimizer = InnerSGD(model.task_spec, inner_lr, momentum, learn_lr=learn_lr,
+                                  learn_momentum=learn_momentum, granularity=granularity,
+                                  dtype=reference.dtype).to(reference.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        learned_rates = [p for p in self.optimizer.parameters() if p.requires_grad]
+        warp_params = list(model.warp_parameters().values())
+        init_params = list(model.task_parameters().values())
+        self._init_meta_parameters: tuple[Tensor, ...] = ()
+        if warp is not None:
+            warp_params += learned_rates
+        else:
+            init_params += learned_rates
+            self._init_meta_parameters = tuple(learned_rates)
+        make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+        if meta_optimizer not in make:
+            raise ValueError(f"meta_optimizer must be 'sgd' or 'adam', got {meta_optimizer!r}")
+        self.warp_optimizer = (make[meta_optimizer](warp_params, lr=warp_lr)
+                               if warp is not None else None)
+        self.init_optimizer = (make[meta_optimizer](init_params, lr=init_lr)
+                               if init is not None else None)
+
+    # -- adaptation ------------------------------------------------------------------------
+
+    def adapt(self, task: Task, steps: int | None = None, *, observers: Sequence[Observer] = ()
+              ) -> Adaptation:
+        """Adapt from the current θ_0 (no meta-gradients); returns θ_K and the losses."""
+        phi = {n: p.detach() for n, p in self.model.warp_parameters().items()}
+        return adapt(self.model, self.model.init_theta(), task, self.loss_fn, self.optimizer,
+                     self.steps if steps is None else steps, phi=phi, observers=observers,
+                     generator=self.generator)
+
+    @torch.no_grad()
+    def evaluate(self, task: Task, steps: int | None = None) -> dict[str, float]:
+        """Adapt on ``task``'s training data, then score its held-out data.
+
+        Returns ``train_loss`` (first and last adaptation loss, and the area under the
+        training-loss curve: their mean), ``test_loss`` and, for classification targets
+        (integer labels), ``test_accuracy`` in [0, 1]."""
+        with torch.enable_grad():
+            result = self.adapt(task, steps)
+        x, y = task.test_batch()
+        prediction = self.model(x, result.theta)
+        metrics = {"test_loss": self.loss_fn(prediction, y).item()}
+        if not y.is_floating_point() and isinstance(prediction, Tensor) and prediction.dim() == 2:
+            metrics["test_accuracy"] = (prediction.argmax(-1) == y).float().mean().item()
+        if len(result.losses):
+            metrics["train_loss_first"] = result.losses[0].item()
+            metrics["train_loss_last"] = result.losses[-1].item()
+            metrics["train_loss_auc"] = result.losses.mean().item()
+        return metrics
+
+    # -- one meta-iteration -----------------------------------------------------------------
+
+    def meta_step(self, tasks: Sequence[Task]) -> dict[str, float]:
+        """One meta-iteration over a meta-batch of tasks; updates φ and θ_0 in place.
+
+        Returns ``adapt_loss_first``/``adapt_loss_last`` (mean training loss at θ_0 and
+        θ_{K-1}) and ``warp_loss`` (mean WarpGrad meta-loss) when there is a warp objective.
+        """
+        if not tasks:
+            raise ValueError("meta_step needs at least one task")
+        model, warp, init = self.model, self.warp, self.init
+        scale = 1.0 / len(tasks)
+        for opt in (self.warp_optimizer, self.init_optimizer):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+
+        online = warp is not None and warp.regime == "online"
+        buffer = None
+        if warp is not None and warp.regime == "offline":
+            buffer = ReplayBuffer(len(tasks) * warp.points_per_task(self.steps),
+                                  model.task_spec.numel, with_state=self.optimizer.has_state,
+                                  device=next(model.parameters()).device,
+                                  dtype=next(model.parameters()).dtype)
+        differentiable = init is not None and init.differentiable
+        theta0_grad = None
+        warp_losses: list[float] = []
+        first, last = [], []
+        for index, task in enumerate(tasks):
+            observers: list[Observer] = []
+            init_observer = init.observer() if init is not None else None
+            if init_observer is not None:
+                observers.append(init_observer)
+            if online:
+                online_observer = warp.online_observer(
+                    model, self.loss_fn, self.optimizer, task, self.generator,
+                    scale / warp.points_per_task(self.steps))
+                observers.append(online_observer)
+            if buffer is not None:
+                observers.append(buffer.recorder(index, warp.stride))
+            theta0 = model.init_theta().detach().requires_grad_(differentiable)
+            phi = None if differentiable else {
+                n: p.detach() for n, p in model.warp_parameters().items()}
+            result = adapt(model, theta0, task, self.loss_fn, self.optimizer, self.steps,
+                           phi=phi, observers=observers, create_graph=differentiable,
+                           generator=self.generator)
+            first.append(result.losses[0].item())
+            last.append(result.losses[-1].item())
+            if online:
+                warp_losses += online_observer.losses
+            if init is not None:
+                run = TaskRun(model, self.loss_fn, self.optimizer, task, theta0, result,
+                              self.generator, scale, self._init_meta_parameters)
+                grad = init.task_gradient(run, init_observer) * scale
+                theta0_grad = grad if theta0_grad is None else theta0_grad + grad
+            del result  # frees MAML's graph before the next task
+
+        if online:
+            self.warp_optimizer.step()
+        elif buffer is not None:
+            warp_losses = warp.offline_update(model, self.loss_fn, self.optimizer, buffer, tasks,
+                                              self.warp_optimizer, self.generator)
+        if init is not None:
+            params = model.task_parameters()
+            for name, g in model.task_spec.unflatten(theta0_grad).items():
+                params[name].grad = g.clone()
+            self.init_optimizer.step()
+
+        stats = {"adapt_loss_first": sum(first) / len(first),
+                 "adapt_loss_last": sum(last) / len(last)}
+        if warp_losses:
+            stats["warp_loss"] = sum(warp_losses) / len(warp_losses)
+        return stats
+
+    # -- checkpointing -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: model, inner optimiser, meta-optimisers, RNG state."""
+        return {
+            "model": self.model.state_dict(),
+            "inner_optimizer": self.optimizer.state_dict(),
+            "warp_optimizer": None if self.warp_optimizer is None else
+            self.warp_optimizer.state_dict(),
+            "init_optimizer": None if self.init_optimizer is None else
+            self.init_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # torch.optim keeps the given state tensors as they are; copy them so this learner
+        # never shares optimiser state with the one the dict came from
+        state = copy.deepcopy(state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["inner_optimizer"])
+        for opt, key in ((self.warp_optimizer, "warp_optimizer"),
+                         (self.init_optimizer, "init_optimizer")):
+            if opt is not None:
+                opt.load_state_dict(state[key])
+        self.generator.set_state(state["generator"])

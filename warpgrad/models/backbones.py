@@ -1,0 +1,158 @@
+"""The learners of the paper, built as :class:`WarpedModel` s.
+
+- :func:`conv4`: four conv blocks with a warp layer after each (Omniglot: 64 filters, 28x28;
+  mini/tieredImageNet: 128 filters, 84x84); the classifier head is not warped.
+- :func:`mlp`: a ReLU MLP with a warp after each hidden layer (sine regression).
+- :func:`warped_lstm`: an LSTM whose recurrence runs through a warp layer (maze RL).
+
+Task-layer batch norm uses per-batch statistics (``track_running_stats=False``): each task
+is normalised by its own data during adaptation and evaluation, as MAML does, so no
+statistics leak between tasks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+from warpgrad.models.warp_layers import WarpKind, warp_stack
+from warpgrad.models.warped import WarpedModel
+
+
+def _warp_kwargs(kind: WarpKind | None, depth: int, **options) -> dict | None:
+    return None if kind is None else {"kind": kind, "depth": depth, **options}
+
+
+def conv4(
+    num_classes: int,
+    *,
+    in_channels: int = 1,
+    image_size: int = 28,
+    filters: int = 64,
+    warp: WarpKind | None = "conv3x3",
+    warp_depth: int = 1,
+    warp_batch_norm: bool = False,
+    warp_activation: str | None = None,
+    warp_residual: bool = False,
+    warp_blocks: tuple[int, ...] = (1, 2, 3, 4),
+) -> WarpedModel:
+    """Conv4 learner: 4 x [3x3 conv (pad 1) → 2x2 max-pool → BN → ReLU → warp], then a linear
+    head. Spatial size 28→14→7→3→1 or 84→42→21→10→5.
+
+    Args:
+        num_classes: outputs of the linear head (N of an N-way task).
+        in_channels, image_size: input ``[B, in_channels, image_size, image_size]``.
+        filters: conv width (64 for Omniglot, 128 for mini/tieredImageNet in the paper).
+        warp: warp kind after each block, or ``None`` for a plain (unwarped) Conv4.
+        warp_depth, warp_batch_norm, warp_activation, warp_residual: see
+            :class:`~warpgrad.models.warp_layers.WarpLayer`.
+        warp_blocks: which blocks (1-4) get a warp layer.
+
+    Returns:
+        A :class:`WarpedModel` mapping ``[B, C, H, W]`` images to ``[B, num_classes]`` logits.
+    """
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    warps = []
+    size, channels = image_size, in_channels
+    for i in range(1, 5):
+        layers[f"block{i}"] = nn.Sequential(
+            nn.Conv2d(channels, filters, 3, padding=1),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(filters, track_running_stats=False),
+            nn.ReLU(),
+        )
+        size, channels = size // 2, filters
+        if warp is not None and i in warp_blocks:
+            layers[f"warp{i}"] = warp_stack(
+                filters, depth=warp_depth, kind=warp, batch_norm=warp_batch_norm,
+                activation=warp_activation, residual=warp_residual,
+            )
+            warps.append(f"warp{i}")
+    if size < 1:
+        raise ValueError(f"image_size {image_size} is too small for four 2x2 poolings")
+    layers["flatten"] = nn.Flatten()
+    layers["head"] = nn.Linear(filters * size * size, num_classes)
+    return WarpedModel(nn.Sequential(layers), warps)
+
+
+def mlp(
+    in_features: int = 1,
+    out_features: int = 1,
+    *,
+    hidden: tuple[int, ...] = (40, 40),
+    warp: WarpKind | None = "linear",
+    warp_depth: int = 1,
+    warp_activation: str | None = None,
+    warp_residual: bool = False,
+) -> WarpedModel:
+    """MLP learner: [linear → ReLU → warp] per hidden layer, then a linear head.
+
+    The default ``(40, 40)`` with linear warps is the sine-regression learner.
+    Maps ``[B, in_features]`` to ``[B, out_features]``.
+    """
+    if warp == "conv3x3":
+        raise ValueError("an MLP has no feature maps; use warp='linear' or 'scale'")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    warps = []
+    width = in_features
+    for i, h in enumerate(hidden, start=1):
+        layers[f"layer{i}"] = nn.Sequential(nn.Linear(width, h), nn.ReLU())
+        if warp is not None:
+            layers[f"warp{i}"] = warp_stack(
+                h, depth=warp_depth, kind=warp, spatial=False, activation=warp_activation,
+                residual=warp_residual,
+            )
+            warps.append(f"warp{i}")
+        width = h
+    layers["head"] = nn.Linear(width, out_features)
+    return WarpedModel(nn.Sequential(layers), warps)
+
+
+class WarpedLSTM(nn.Module):
+    """An LSTM whose recurrent input ``h_{t-1}`` passes through a warp layer.
+
+    gates_t = W_x x_t + W_h ω(h_{t-1}) + b, with ω a warp (φ) and W_x, W_h, b and the output
+    head task parameters (θ). Forward takes ``x [T, B, input_size]`` and an optional state
+    ``(h, c)`` each ``[B, hidden_size]``, and returns ``(y [T, B, output_size], (h, c))``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int,
+                 warp: WarpKind | None = "linear", warp_depth: int = 1,
+                 warp_activation: str | None = None) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.input_map = nn.Linear(input_size, 4 * hidden_size)
+        self.recurrent_map = nn.Linear(hidden_size, 4 * hidden_size, bias=False)
+        self.warp = (
+            nn.Identity() if warp is None else warp_stack(
+                hidden_size, depth=warp_depth, kind=warp, spatial=False,
+                activation=warp_activation)
+        )
+        self.head = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if state is None:
+            zeros = x.new_zeros(x.shape[1], self.hidden_size)
+            state = (zeros, zeros)
+        h, c = state
+        projected = self.input_map(x)  # all time steps at once: [T, B, 4H]
+        outputs = []
+        for t in range(x.shape[0]):
+            gates = projected[t] + self.recurrent_map(self.warp(h))
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return self.head(torch.stack(outputs)), (h, c)
+
+
+def warped_lstm(input_size: int, output_size: int, *, hidden_size: int = 100,
+                warp: WarpKind | None = "linear", warp_depth: int = 1,
+                warp_activation: str | None = None) -> WarpedModel:
+    """The recurrent learner for RL (hidden 100 in the maze experiment), see
+    :class:`WarpedLSTM`; the warp on the recurrence is φ, everything else θ."""
+    net = WarpedLSTM(input_size, hidden_size, output_size, warp, warp_depth, warp_activation)
+    return WarpedModel(net, [] if warp is None else ["warp"])
