@@ -23,7 +23,7 @@ def test_readme_opens_with_install_and_test_commands_that_ci_runs():
 
 
 def test_readme_api_example_runs_and_meta_learns(capsys):
-    (example,) = _blocks("python")
+    example = _blocks("python")[0]
     namespace = {}
     exec(compile(example, str(README), "exec"), namespace)
     printed = capsys.readouterr().out
@@ -35,3 +35,14 @@ def test_readme_api_example_runs_and_meta_learns(capsys):
     meta = sum(learner.evaluate(t)["test_loss"] for t in tasks) / len(tasks)
     plain = sum(baseline.evaluate(t)["test_loss"] for t in tasks) / len(tasks)
     assert meta < 0.5 * plain, (meta, plain)
+
+
+def test_readme_data_example_gives_the_promised_tasks():
+    example = _blocks("python")[1]
+    namespace = {}
+    exec(compile(example, str(README), "exec"), namespace)
+    episode, alphabet = namespace["episode"], namespace["alphabet"]
+    assert episode.x_train.shape == (5, 1, 28, 28) and episode.x_test.shape == (75, 1, 28, 28)
+    assert sorted(episode.y_train.tolist()) == [0, 1, 2, 3, 4]
+    assert alphabet.x_train.shape == (300, 1, 28, 28)
+    assert set(alphabet.y_train.tolist()) == set(range(20))

@@ -117,13 +117,22 @@ class MetaLearner:
     def evaluate(self, task: Task, steps: int | None = None) -> dict[str, float]:
         """Adapt on ``task``'s training data, then score its held-out data.
 
+        Batch norm follows the learner's policy: per-batch statistics (the built-in default,
+        transductive as in MAML), or running statistics gathered during this task's
+        adaptation only, never shared across tasks.
+
         Returns ``train_loss`` (first and last adaptation loss, and the area under the
         training-loss curve: their mean), ``test_loss`` and, for classification targets
         (integer labels), ``test_accuracy`` in [0, 1]."""
         with torch.enable_grad():
             result = self.adapt(task, steps)
         x, y = task.test_batch()
-        prediction = self.model(x, result.theta)
+        training = self.model.training
+        self.model.eval()  # batch norm with running statistics uses this task's own
+        try:
+            prediction = self.model(x, result.theta, buffers=result.buffers)
+        finally:
+            self.model.train(training)
         metrics = {"test_loss": self.loss_fn(prediction, y).item()}
         if not y.is_floating_point() and isinstance(prediction, Tensor) and prediction.dim() == 2:
             metrics["test_accuracy"] = (prediction.argmax(-1) == y).float().mean().item()

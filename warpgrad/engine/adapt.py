@@ -54,12 +54,15 @@ class Adaptation:
     """The outcome of :func:`adapt`.
 
     ``theta`` ``[P]``: θ_K (carrying the graph back to θ_0 when ``create_graph=True``);
-    ``state``: the final optimiser state; ``losses`` ``[K]``: training loss at θ_0..θ_{K-1}.
+    ``state``: the final optimiser state; ``losses`` ``[K]``: training loss at θ_0..θ_{K-1};
+    ``buffers``: the task's own buffers after adaptation (batch-norm running statistics
+    gathered on this task only; empty for learners without buffers).
     """
 
     theta: Tensor
     state: Tensor | None
     losses: Tensor
+    buffers: dict[str, Tensor]
 
 
 def adapt(
@@ -96,12 +99,13 @@ def adapt(
     if not create_graph:
         theta = theta.detach()
     state = optimizer.init_state(theta)
+    buffers = model.task_buffers()
     losses = []
     for k in range(steps):
         x, y = task.train_batch(generator)
         if not create_graph:
             theta = theta.detach().requires_grad_()
-        loss = loss_fn(model(x, theta, phi), y)
+        loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
         (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
         losses.append(loss.detach())
         if observers:
@@ -118,12 +122,12 @@ def adapt(
         if any(o.needs_final_loss for o in observers):
             with torch.no_grad():
                 x, y = task.train_batch(generator)
-                final_loss = loss_fn(model(x, theta, phi), y)
+                final_loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
         record = StepRecord(steps, theta.detach(), _detach(state), final_loss, None)
         for observer in observers:
             observer.observe(record)
     stacked = torch.stack(losses) if losses else theta.new_zeros(0)
-    return Adaptation(theta, state, stacked)
+    return Adaptation(theta, state, stacked, buffers)
 
 
 def _detach(t: Tensor | None) -> Tensor | None:

@@ -30,13 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from warpgrad._files import atomic_write
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
-from warpgrad.experiments.checkpoint import (
-    atomic_write_bytes,
-    load_checkpoint,
-    save_checkpoint,
-    write_json,
-)
+from warpgrad.experiments.checkpoint import load_checkpoint, save_checkpoint, write_json
 from warpgrad.models import mlp
 from warpgrad.tasks import sine_tasks
 
@@ -182,7 +178,7 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(text, columns)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_bytes(path, lambda f: f.write(text.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def main(argv: list[str] | None = None) -> int:

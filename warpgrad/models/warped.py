@@ -125,21 +125,29 @@ class WarpedModel(nn.Module):
             for name, value in self.task_spec.unflatten(theta).items():
                 params[name].copy_(value)
 
+    def task_buffers(self) -> dict[str, Tensor]:
+        """Fresh copies of the module's buffers (e.g. batch-norm running statistics) for one
+        task; empty for the built-in learners, whose batch norm uses batch statistics."""
+        return {n: b.clone() for n, b in self.module.named_buffers()}
+
     def forward(
-        self, x: Tensor, theta: Tensor | None = None, phi: Mapping[str, Tensor] | None = None, *args
+        self, x: Tensor, theta: Tensor | None = None, phi: Mapping[str, Tensor] | None = None,
+        *args, buffers: dict[str, Tensor] | None = None,
     ) -> object:
         """f(x; θ, φ): run the module with task parameters ``theta [P]`` (default θ_0) and warp
         parameters ``phi`` (default the module's own), without mutating the module.
 
-        Buffers (e.g. running statistics of a user's batch norm) are passed as copies, so a
-        forward pass never leaks state from one task into the next.
+        ``buffers`` is a task's own buffer dict (from :meth:`task_buffers`), which batch norm
+        in training mode updates in place; by default a throwaway copy is used, so a forward
+        pass never leaks statistics from one task into the next.
         """
         params: dict[str, Tensor] = {}
         if theta is not None:
             params.update(self.task_spec.unflatten(theta))
         if phi is not None:
             params.update(phi)
-        buffers = {n: b.clone() for n, b in self.module.named_buffers()}
+        if buffers is None:
+            buffers = self.task_buffers()
         return functional_call(self.module, (params, buffers), (x, *args), strict=False)
 
     def describe(self) -> str:
