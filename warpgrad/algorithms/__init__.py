@@ -2,12 +2,13 @@
 the initialisation, and the :class:`MetaLearner` that combines them."""
 
 from warpgrad.algorithms.base import InitObjective, TaskRun
+from warpgrad.algorithms.finetune import FineTune
 from warpgrad.algorithms.leap import Leap
 from warpgrad.algorithms.learner import MetaLearner
 from warpgrad.algorithms.maml import MAML
-from warpgrad.algorithms.methods import METHODS, make_learner
+from warpgrad.algorithms.methods import METHODS, Method, make_learner
 from warpgrad.algorithms.reptile import Reptile
 from warpgrad.algorithms.warpgrad import WarpGrad
 
-__all__ = ["MAML", "METHODS", "InitObjective", "Leap", "MetaLearner", "Reptile", "TaskRun",
-           "WarpGrad", "make_learner"]
+__all__ = ["MAML", "METHODS", "FineTune", "InitObjective", "Leap", "MetaLearner", "Method",
+           "Reptile", "TaskRun", "WarpGrad", "make_learner"]

@@ -40,12 +40,21 @@ class TaskRun:
 class InitObjective(ABC):
     """How one task's adaptation contributes to the meta-gradient of θ_0.
 
-    ``differentiable = True`` asks the engine to keep the graph of all K steps (MAML).
+    ``differentiable = True`` asks the engine to keep the graph of all K steps (MAML);
+    ``adapts = False`` says the objective needs no adaptation at all (pretraining).
     ``observer()`` may return a fresh per-task observer that streams over the trajectory
     (Leap); it is handed back to :meth:`task_gradient`.
     """
 
     differentiable: bool = False
+    adapts: bool = True
+
+    def state_dict(self) -> dict:
+        """State the objective keeps across meta-iterations (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        del state
 
     def observer(self) -> Observer | None:
         return None

@@ -49,8 +49,17 @@ class MetaLearner:
         learn_lr, learn_momentum, granularity: meta-learn the inner optimiser's rates (by the
             warp objective when there is one, else by the init objective, as in Meta-SGD).
         warp_lr, init_lr: meta learning rates for φ and θ_0.
+        rate_lr: meta learning rate of the learned inner rates (default: that of the
+            objective that trains them); per-parameter rates often need a smaller one.
         meta_optimizer: ``"sgd"`` (the paper's Omniglot protocol) or ``"adam"``.
+        init_lr_anneal: anneal ``init_lr`` linearly to 0 over this many meta-iterations
+            (Reptile's outer step-size schedule); ``None`` keeps it constant.
+        warps_by_init: meta-learn the warp layers with the *init* objective's gradient
+            instead of WarpGrad's (T-Net: linear transforms learned through MAML's
+            adaptation); needs ``warp=None``.
         seed: seeds every batch draw and buffer shuffle of this learner.
+
+    With neither objective, :meth:`meta_step` only adapts: the "no meta-learning" baseline.
     """
 
     def __init__(
@@ -68,11 +77,17 @@ class MetaLearner:
         granularity: Granularity = "tensor",
         warp_lr: float = 0.1,
         init_lr: float = 0.1,
+        rate_lr: float | None = None,
         meta_optimizer: OptimizerName = "sgd",
+        init_lr_anneal: int | None = None,
+        warps_by_init: bool = False,
         seed: int = 0,
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if warps_by_init and (warp is not None or init is None or not model.warp_names):
+            raise ValueError("warps_by_init needs an init objective, no warp objective and a "
+                             "model with warp layers")
         if warp is not None and not model.warp_names and not learn_lr and not learn_momentum:
             raise ValueError("a warp objective needs warp layers: the model has none "
                              "(name them in WarpedModel(module, warps=[...]))")
@@ -90,18 +105,31 @@ class MetaLearner:
         warp_params = list(model.warp_parameters().values())
         init_params = list(model.task_parameters().values())
         self._init_meta_parameters: tuple[Tensor, ...] = ()
-        if warp is not None:
-            warp_params += learned_rates
-        else:
-            init_params += learned_rates
-            self._init_meta_parameters = tuple(learned_rates)
+        if warp is None:
+            if warps_by_init:
+                init_params += warp_params
+            self._init_meta_parameters = tuple(
+                learned_rates + (warp_params if warps_by_init else []))
         make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
         if meta_optimizer not in make:
             raise ValueError(f"meta_optimizer must be 'sgd' or 'adam', got {meta_optimizer!r}")
-        self.warp_optimizer = (make[meta_optimizer](warp_params, lr=warp_lr)
+
+        def optimizer(params: list[Tensor], lr: float, rates: bool) -> torch.optim.Optimizer:
+            groups = [{"params": params}]
+            if rates and learned_rates:
+                groups.append({"params": learned_rates, "lr": rate_lr or lr})
+            return make[meta_optimizer](groups, lr=lr)
+
+        self.warp_optimizer = (optimizer(warp_params, warp_lr, rates=True)
                                if warp is not None else None)
-        self.init_optimizer = (make[meta_optimizer](init_params, lr=init_lr)
+        self.init_optimizer = (optimizer(init_params, init_lr, rates=warp is None)
                                if init is not None else None)
+        self.init_schedule = None
+        if init_lr_anneal is not None and self.init_optimizer is not None:
+            if init_lr_anneal < 1:
+                raise ValueError(f"init_lr_anneal must be positive, got {init_lr_anneal}")
+            self.init_schedule = torch.optim.lr_scheduler.LambdaLR(
+                self.init_optimizer, lambda t: max(0.0, 1.0 - t / init_lr_anneal))
 
     # -- adaptation ------------------------------------------------------------------------
 
@@ -184,11 +212,13 @@ class MetaLearner:
             theta0 = model.init_theta().detach().requires_grad_(differentiable)
             phi = None if differentiable else {
                 n: p.detach() for n, p in model.warp_parameters().items()}
-            result = adapt(model, theta0, task, self.loss_fn, self.optimizer, self.steps,
+            steps = self.steps if warp is not None or init is None or init.adapts else 0
+            result = adapt(model, theta0, task, self.loss_fn, self.optimizer, steps,
                            phi=phi, observers=observers, create_graph=differentiable,
                            generator=self.generator)
-            first.append(result.losses[0].item())
-            last.append(result.losses[-1].item())
+            if steps:
+                first.append(result.losses[0].item())
+                last.append(result.losses[-1].item())
             if online:
                 warp_losses += online_observer.losses
             if init is not None:
@@ -208,9 +238,13 @@ class MetaLearner:
             for name, g in model.task_spec.unflatten(theta0_grad).items():
                 params[name].grad = g.clone()
             self.init_optimizer.step()
+            if self.init_schedule is not None:
+                self.init_schedule.step()
 
-        stats = {"adapt_loss_first": sum(first) / len(first),
-                 "adapt_loss_last": sum(last) / len(last)}
+        stats = {}
+        if first:
+            stats["adapt_loss_first"] = sum(first) / len(first)
+            stats["adapt_loss_last"] = sum(last) / len(last)
         if warp_losses:
             stats["warp_loss"] = sum(warp_losses) / len(warp_losses)
         return stats
@@ -227,6 +261,9 @@ class MetaLearner:
             "init_optimizer": None if self.init_optimizer is None else
             self.init_optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "init_objective": None if self.init is None else self.init.state_dict(),
+            "init_schedule": None if self.init_schedule is None else
+            self.init_schedule.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -240,3 +277,7 @@ class MetaLearner:
             if opt is not None:
                 opt.load_state_dict(state[key])
         self.generator.set_state(state["generator"])
+        if self.init is not None:
+            self.init.load_state_dict(state["init_objective"])
+        if self.init_schedule is not None:
+            self.init_schedule.load_state_dict(state["init_schedule"])

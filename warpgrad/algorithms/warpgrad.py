@@ -58,7 +58,8 @@ class WarpGrad:
         stride: use every ``stride``-th trajectory point (θ_0, θ_stride, ..., plus θ_K):
             Monte-Carlo subsampling of the trajectory.
         batched: evaluate a mini-batch of points in one ``torch.func.vmap`` call instead of
-            one at a time (same result; needs equal batch shapes across the points).
+            one at a time (same result; falls back to one at a time when batch shapes differ
+            across the points or the model keeps running batch-norm statistics).
         chunk_size: bound the vmap's memory by evaluating at most this many points at once.
     """
 
@@ -140,7 +141,9 @@ class WarpGrad:
         batches = [tasks[int(t)].warp_batches(int(s), generator)
                    for t, s in zip(points.task_index, points.step)]
         states = points.states
-        if self.batched and len(points) > 1 and _stackable(batches):
+        # running batch-norm statistics update buffers in place, which vmap cannot batch
+        has_buffers = next(model.module.buffers(), None) is not None
+        if self.batched and len(points) > 1 and not has_buffers and _stackable(batches):
             inner_x = torch.stack([b[0][0] for b in batches])
             inner_y = torch.stack([b[0][1] for b in batches])
             meta_x = [torch.stack([b[1][j][0] for b in batches]) for j in range(len(batches[0][1]))]

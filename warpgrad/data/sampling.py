@@ -222,6 +222,7 @@ class AlphabetTasks:
             batch_size=self.batch_size,
             meta_split="train",
             transform=self.transform,
+            key=alphabet,
         )
 
     def task(self, alphabet: str) -> Task:

@@ -49,6 +49,7 @@ class SineConfig:
     steps: int = 5
     inner_lr: float = 0.01
     meta_lr: float = 3e-3
+    rate_lr: float = 1e-3
     meta_optimizer: str = "adam"
     warp_variant: str = "exact"
     warp_regime: str = "offline"
@@ -63,9 +64,11 @@ class SineConfig:
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
         self.hidden = tuple(self.hidden)
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in METHODS or m == BASELINE]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; expected any of {sorted(METHODS)}")
+            choices = sorted(set(METHODS) - {BASELINE})
+            raise ValueError(f"unknown method(s) {unknown}; expected any of {choices} "
+                             f"({BASELINE} is always run)")
         for name in ("iterations", "meta_batch", "steps", "eval_tasks", "checkpoint_every",
                      "points_per_update", "shots", "test_shots"):
             if getattr(self, name) < 1:
@@ -75,14 +78,14 @@ class SineConfig:
 def build_learner(config: SineConfig, method: str) -> MetaLearner:
     """The learner of one method, initialised from the run's seed (the same θ_0 for all)."""
     torch.manual_seed(config.seed)
-    warped = METHODS[method][0] if method != BASELINE else False
-    model = mlp(1, 1, hidden=config.hidden, warp="linear" if warped else None)
+    spec = METHODS[method]
+    model = mlp(1, 1, hidden=config.hidden, warp="linear" if spec.needs_warps else None)
     warp = (WarpGrad(config.warp_variant, config.warp_regime,
                      points_per_update=config.points_per_update,
-                     batched=config.points_per_update > 1) if warped else None)
-    return make_learner(method if method != BASELINE else "leap", model, F.mse_loss,
+                     batched=config.points_per_update > 1) if spec.warp else None)
+    return make_learner(method, model, F.mse_loss,
                         steps=config.steps, warp=warp, inner_lr=config.inner_lr,
-                        warp_lr=config.meta_lr, init_lr=config.meta_lr,
+                        warp_lr=config.meta_lr, init_lr=config.meta_lr, rate_lr=config.rate_lr,
                         meta_optimizer=config.meta_optimizer, seed=config.seed)
 
 
@@ -105,6 +108,10 @@ def meta_train(config: SineConfig, method: str, run_dir: Path, *, progress: bool
     for iteration in bar:
         stats = learner.meta_step(sine_tasks(config.meta_batch, tasks, shots=config.shots,
                                              test_shots=config.test_shots))
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise FloatingPointError(
+                f"{method} diverged at meta-iteration {iteration + 1} (non-finite loss: "
+                f"{stats}); lower meta_lr/rate_lr or inner_lr")
         history.append({"iteration": iteration + 1, **stats})
         bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
         done = iteration + 1
@@ -219,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                              "continue it or pick another --out")
     except ValueError as error:
         parser.error(str(error))
-    summary = run(config, run_dir, progress=not args.no_progress)
+    try:
+        summary = run(config, run_dir, progress=not args.no_progress)
+    except FloatingPointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(format_table(summary))
     print(f"run directory: {run_dir}")
     return 0

@@ -5,24 +5,23 @@
 - :func:`mlp`: a ReLU MLP with a warp after each hidden layer (sine regression).
 - :func:`warped_lstm`: an LSTM whose recurrence runs through a warp layer (maze RL).
 
-Task-layer batch norm uses per-batch statistics (``track_running_stats=False``): each task
-is normalised by its own data during adaptation and evaluation, as MAML does, so no
-statistics leak between tasks.
+Batch-norm policy. By default task-layer batch norm uses per-batch statistics
+(``track_running_stats=False``): each task is normalised by its own data during adaptation
+and evaluation (transductive, as MAML does). ``batch_norm="running"`` keeps running
+statistics instead; the engine gives each task fresh copies, updated during that task's
+adaptation and used when it is evaluated, so statistics never leak between tasks.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from warpgrad.models.warp_layers import WarpKind, warp_stack
 from warpgrad.models.warped import WarpedModel
-
-
-def _warp_kwargs(kind: WarpKind | None, depth: int, **options) -> dict | None:
-    return None if kind is None else {"kind": kind, "depth": depth, **options}
 
 
 def conv4(
@@ -37,6 +36,7 @@ def conv4(
     warp_activation: str | None = None,
     warp_residual: bool = False,
     warp_blocks: tuple[int, ...] = (1, 2, 3, 4),
+    batch_norm: Literal["batch", "running"] = "batch",
 ) -> WarpedModel:
     """Conv4 learner: 4 x [3x3 conv (pad 1) → 2x2 max-pool → BN → ReLU → warp], then a linear
     head. Spatial size 28→14→7→3→1 or 84→42→21→10→5.
@@ -49,10 +49,14 @@ def conv4(
         warp_depth, warp_batch_norm, warp_activation, warp_residual: see
             :class:`~warpgrad.models.warp_layers.WarpLayer`.
         warp_blocks: which blocks (1-4) get a warp layer.
+        batch_norm: ``"batch"`` (per-batch statistics, the default) or ``"running"``
+            (per-task running statistics used at evaluation), see the module docstring.
 
     Returns:
         A :class:`WarpedModel` mapping ``[B, C, H, W]`` images to ``[B, num_classes]`` logits.
     """
+    if batch_norm not in ("batch", "running"):
+        raise ValueError(f"batch_norm must be 'batch' or 'running', got {batch_norm!r}")
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     warps = []
     size, channels = image_size, in_channels
@@ -60,7 +64,7 @@ def conv4(
         layers[f"block{i}"] = nn.Sequential(
             nn.Conv2d(channels, filters, 3, padding=1),
             nn.MaxPool2d(2),
-            nn.BatchNorm2d(filters, track_running_stats=False),
+            nn.BatchNorm2d(filters, track_running_stats=batch_norm == "running"),
             nn.ReLU(),
         )
         size, channels = size // 2, filters

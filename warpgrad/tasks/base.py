@@ -37,6 +37,8 @@ class Task:
             data: ``"test"`` (few-shot: the query set) or ``"train"`` (multi-shot: another
             batch of training data, keeping the held-out images for evaluation only).
         transform: optional batched augmentation applied to every training batch.
+        key: a stable name for a task that recurs across meta-iterations (an alphabet of the
+            multi-shot protocol); multi-headed fine-tuning keeps one head per key.
     """
 
     x_train: Tensor
@@ -46,6 +48,7 @@ class Task:
     batch_size: int | None = None
     meta_split: Literal["train", "test"] = "test"
     transform: Transform | None = None
+    key: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train):
