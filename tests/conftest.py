@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+# The tests' models are tiny: one thread is fastest, and it keeps the suite's speed steady
+# when other processes load the machine (idle OpenMP threads spin and steal the cores).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _no_home_cache(tmp_path_factory, monkeypatch):

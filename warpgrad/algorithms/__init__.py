@@ -6,9 +6,9 @@ from warpgrad.algorithms.finetune import FineTune
 from warpgrad.algorithms.leap import Leap
 from warpgrad.algorithms.learner import MetaLearner
 from warpgrad.algorithms.maml import MAML
-from warpgrad.algorithms.methods import METHODS, Method, make_learner
+from warpgrad.algorithms.methods import METHODS, Method, check_methods, make_learner
 from warpgrad.algorithms.reptile import Reptile
 from warpgrad.algorithms.warpgrad import WarpGrad
 
 __all__ = ["MAML", "METHODS", "FineTune", "InitObjective", "Leap", "MetaLearner", "Method",
-           "Reptile", "TaskRun", "WarpGrad", "make_learner"]
+           "Reptile", "TaskRun", "WarpGrad", "check_methods", "make_learner"]

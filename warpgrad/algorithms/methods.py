@@ -3,7 +3,7 @@ few switches), all on the same :class:`MetaLearner` and inner loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,13 @@ METHODS: dict[str, Method] = {
                                                    "initialised"),
 }
 """Every method :func:`make_learner` accepts."""
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the accepted methods unless every name is one."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; expected any of {sorted(METHODS)}")
 
 
 def make_learner(

@@ -1,0 +1,211 @@
+"""The ``warpgrad`` command: train, evaluate, report, data.
+
+Every error a user can cause (unknown experiment, method or key, wrong type, missing data,
+existing run directory) prints one line and exits with status 2; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import wraps
+from pathlib import Path
+
+import click
+import torch
+import yaml
+
+from warpgrad.data.errors import DataError
+from warpgrad.experiments import registry
+from warpgrad.experiments.registry import DEFAULT_EXPERIMENT, ConfigError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _user_errors(command: Callable) -> Callable:
+    """Turn the errors a user can cause into one line and exit status 2."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ConfigError, DataError, FileNotFoundError) as error:
+            _fail(str(error))
+        except FloatingPointError as error:  # a diverged run: not a usage error
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="warpgrad")
+def main() -> None:
+    """Meta-learning with Warped Gradient Descent: the paper's experiments, one command each.
+
+    \b
+    warpgrad train                      the main job (Warp-Leap vs Leap on glyph alphabets)
+    warpgrad train EXPERIMENT ...       any experiment (warpgrad train --list)
+    warpgrad evaluate RUN_DIR           re-evaluate a run's checkpoints
+    warpgrad report RUN_DIR...          side-by-side table and plot of runs
+    warpgrad data check EXPERIMENT      are the experiment's files there and readable?
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("experiment", required=False)
+@click.argument("overrides", nargs=-1)
+@click.option("--method", "-m", help="method(s) to run, comma-separated (default: the "
+              "experiment's); e.g. warp-leap,leap")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="new run directory (default runs/EXPERIMENT-TIME)")
+@click.option("--resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
+              help="continue a killed run from its last checkpoints, with its recorded config")
+@click.option("--data-root", help="folder holding real datasets (default $WARPGRAD_DATA, then "
+              "~/warpgrad-data)")
+@click.option("--device", help="cpu or cuda (default: the config's, cpu)")
+@click.option("--list", "list_experiments", is_flag=True, help="list the experiments and exit")
+@click.option("--show-config", is_flag=True,
+              help="print the resolved config (every overridable field) and exit")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for PyTorch (default: PyTorch's choice; 1 is fastest for small "
+              "models on a busy machine)")
+@click.option("--no-progress", is_flag=True, help="hide progress bars")
+@_user_errors
+def train(experiment: str | None, overrides: tuple[str, ...], method: str | None,
+          out: Path | None, resume: Path | None, data_root: str | None, device: str | None,
+          list_experiments: bool, show_config: bool, threads: int | None, no_progress: bool
+          ) -> None:
+    """Meta-train and evaluate the methods of EXPERIMENT (default: glyphs-multishot).
+
+    OVERRIDES are key=value pairs for any config field, e.g. `iterations=10 steps=5`
+    (`--show-config` prints every field with its resolved value). Prints a table: method,
+    test metric with 95% CI, meta-training time. Writes the run directory: config.json,
+    environment.json, per-method checkpoints and metrics.csv, plots, summary.json.
+    """
+    if experiment is not None and "=" in experiment:  # `warpgrad train steps=5`: an override
+        experiment, overrides = None, (experiment, *overrides)
+    if list_experiments:
+        for name in registry.experiment_names():
+            click.echo(name)
+        return
+    if show_config:
+        name = experiment or DEFAULT_EXPERIMENT
+        methods = None if method is None else [m.strip() for m in method.split(",")]
+        kind, config = registry.load_experiment(name, overrides, methods=methods,
+                                                data_root=data_root, device=device)
+        click.echo(yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False), nl=False)
+        return
+    if resume is not None:
+        if experiment or overrides or method or out or data_root or device:
+            raise ConfigError("--resume continues a run with its recorded config; give only "
+                              "the run directory")
+        name, kind, config = registry.load_run(resume)
+        run_dir = resume
+    else:
+        name = experiment or DEFAULT_EXPERIMENT
+        methods = None if method is None else [m.strip() for m in method.split(",")]
+        kind, config = registry.load_experiment(name, overrides, methods=methods,
+                                                data_root=data_root, device=device)
+        run_dir = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists():
+            raise ConfigError(f"run directory {run_dir} already exists; use --resume {run_dir} "
+                              "to continue it, or another --out")
+    if getattr(config, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available here; use cpu")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    summary = registry.KINDS[kind].run(config, name, run_dir, not no_progress)
+    click.echo(registry.KINDS[kind].table(summary))
+    click.echo(f"run directory: {run_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--tasks", type=click.IntRange(min=1), help="number of test tasks (few-shot)")
+@click.option("--no-progress", is_flag=True, help="hide progress bars")
+@_user_errors
+def evaluate(run_dir: Path, tasks: int | None, no_progress: bool) -> None:
+    """Re-evaluate the checkpoints in RUN_DIR on its held-out tasks; writes
+    RUN_DIR/evaluation.json (summary.json's schema) and prints the table."""
+    kind, summary = registry.evaluate_run(run_dir, eval_tasks=tasks, progress=not no_progress)
+    click.echo(registry.KINDS[kind].table(summary))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--plot", type=click.Path(path_type=Path), help="also write a PNG comparing them")
+@_user_errors
+def report(run_dirs: tuple[Path, ...], plot: Path | None) -> None:
+    """Side-by-side table (and plot) of the summaries of several runs."""
+    from warpgrad.experiments.run import format_table, plot_results
+
+    summaries = []
+    for run_dir in run_dirs:
+        path = run_dir / "summary.json"
+        if not path.is_file():
+            raise ConfigError(f"{run_dir} has no summary.json (not a finished run)")
+        summaries.append(json.loads(path.read_text()))
+    metrics = {s["metric"] for s in summaries}
+    if len(metrics) > 1:
+        raise ConfigError(f"runs report different metrics {sorted(metrics)}; compare runs of "
+                          "one kind")
+    labels = [str(p) for p in run_dirs]
+    click.echo(format_table(summaries, labels))
+    if plot is not None:
+        plot_results(summaries, plot, labels)
+        click.echo(f"wrote {plot}")
+
+
+@main.group()
+def data() -> None:
+    """Check, prepare or look at an experiment's dataset."""
+
+
+def _experiment_config(experiment: str, data_root: str | None):
+    return registry.load_experiment(experiment, data_root=data_root)[1]
+
+
+@data.command("check")
+@click.argument("experiment", default=DEFAULT_EXPERIMENT)
+@click.option("--data-root", help="folder holding real datasets")
+@_user_errors
+def data_check(experiment: str, data_root: str | None) -> None:
+    """Load EXPERIMENT's dataset (building caches) and say what was found."""
+    from warpgrad.experiments.classification import ClassificationConfig, load_splits
+
+    config = _experiment_config(experiment, data_root)
+    if not isinstance(config, ClassificationConfig):
+        click.echo(f"{experiment}: generated data, nothing to check")
+        return
+    for split, dataset in load_splits(config).items():
+        click.echo(f"{split:<6} {dataset.num_classes:>6} classes {len(dataset):>8} images "
+                   f"{'x'.join(map(str, dataset.image_shape))}")
+    click.echo(f"ok: {config.dataset} is readable")
+
+
+@data.command("contact-sheet")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, help="whose dataset to draw")
+@click.option("--data-root", help="folder holding real datasets")
+@_user_errors
+def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> None:
+    """Write a PNG grid of samples of EXPERIMENT's dataset to OUT."""
+    from warpgrad.data import contact_sheet
+    from warpgrad.experiments.classification import ClassificationConfig, load_splits
+
+    config = _experiment_config(experiment, data_root)
+    if not isinstance(config, ClassificationConfig):
+        raise ConfigError(f"{experiment} has no image dataset")
+    dataset = next(iter(load_splits(config).values()))
+    click.echo(f"wrote {contact_sheet(dataset, out)}")
+
+
+if __name__ == "__main__":
+    main()

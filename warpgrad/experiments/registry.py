@@ -1,0 +1,180 @@
+"""Experiments by name: the shipped YAML configs, how they resolve and how each kind runs.
+
+An experiment is a YAML file in ``warpgrad/experiments/configs/`` whose ``kind`` names the
+config dataclass it fills and the code that runs it. Resolution order: the dataclass's
+defaults, then the YAML, then ``key=value`` overrides from the command line. Unknown keys and
+wrong types are rejected by OmegaConf's structured configs; values are then validated by the
+dataclass itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from warpgrad.experiments import run as run_module
+from warpgrad.experiments.classification import (
+    ClassificationConfig,
+    ClassificationExperiment,
+    default_data_root,
+)
+from warpgrad.experiments.sine import SineConfig, SineExperiment
+
+
+class ConfigError(ValueError):
+    """A bad experiment name, override, key, type or value; the message says what is
+    accepted."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to run one kind of experiment.
+
+    ``config``: its config dataclass; ``run(config, name, run_dir, progress) -> summary``;
+    ``table(summary) -> str``; ``experiment(config, name)`` builds the
+    :class:`~warpgrad.experiments.run.Experiment` (kinds that have one support
+    ``warpgrad evaluate``).
+    """
+
+    config: type
+    run: Callable[[Any, str, Path, bool], dict[str, Any]]
+    table: Callable[[dict[str, Any]], str]
+    experiment: Callable[[Any, str], Any] | None = None
+
+
+def _protocol_kind(config_cls: type, make: Callable[[Any, str], Any]) -> Kind:
+    def run(config: Any, name: str, run_dir: Path, progress: bool) -> dict[str, Any]:
+        return run_module.run(make(config, name), run_record(name, config), run_dir,
+                              progress=progress)
+
+    return Kind(config_cls, run, lambda summary: run_module.format_table([summary]), make)
+
+
+KINDS: dict[str, Kind] = {
+    "classification": _protocol_kind(ClassificationConfig,
+                                     lambda c, name: ClassificationExperiment(c, name)),
+    "sine": _protocol_kind(SineConfig, lambda c, name: SineExperiment(c)),
+}
+
+DEFAULT_EXPERIMENT = "glyphs-multishot"
+
+
+def run_record(name: str, config: Any) -> dict[str, Any]:
+    """What ``config.json`` holds: enough to rebuild the run (``--resume``, ``evaluate``)."""
+    kind = next(k for k, v in KINDS.items() if isinstance(config, v.config))
+    return {"experiment": name, "kind": kind, "config": asdict(config)}
+
+
+def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool = True
+                 ) -> tuple[str, dict[str, Any]]:
+    """Re-evaluate every method's checkpoint in ``run_dir``; writes ``evaluation.json``.
+    Returns the kind and the summary (``summary.json``'s schema)."""
+    from warpgrad.experiments.checkpoint import load_checkpoint, write_json
+    from warpgrad.experiments.training import evaluate
+
+    name, kind, config = load_run(run_dir)
+    make = KINDS[kind].experiment
+    if make is None:
+        raise ConfigError(f"experiment kind {kind!r} has no separate evaluation; its run "
+                          "already evaluated (see summary.json)")
+    if eval_tasks is not None:
+        config = _resolve(type(config), [OmegaConf.structured(config)], (),
+                          {"eval_tasks": eval_tasks})
+    experiment = make(config, name)
+    tasks = experiment.test_tasks()
+    results = {}
+    for method in experiment.methods:
+        learner = experiment.build_learner(method)
+        checkpoint = run_dir / method / "checkpoint.pt"
+        seconds, iterations = 0.0, 0
+        if checkpoint.is_file():
+            state = load_checkpoint(checkpoint)
+            learner.load_state_dict(state["learner"])
+            seconds, iterations = state["elapsed"], state["iteration"]
+        elif method != "no-meta":
+            raise ConfigError(f"{run_dir}: method {method!r} has no checkpoint yet; train it "
+                              f"first (warpgrad train --resume {run_dir})")
+        metrics = evaluate(learner, tasks, seed=experiment.seed, steps=experiment.eval_steps,
+                           progress=progress, desc=f"evaluate {method}")
+        results[method] = {**metrics, "meta_train_seconds": seconds, "iterations": iterations}
+    summary = {"schema": run_module.SCHEMA, "experiment": name, "metric": experiment.metric,
+               "higher_is_better": experiment.higher_is_better, "results": results}
+    write_json(run_dir / "evaluation.json", summary)
+    return kind, summary
+
+
+def experiment_names() -> list[str]:
+    """Every shipped experiment."""
+    folder = resources.files("warpgrad.experiments") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_experiment(
+    name: str,
+    overrides: Sequence[str] = (),
+    *,
+    methods: Sequence[str] | None = None,
+    data_root: str | None = None,
+    device: str | None = None,
+) -> tuple[str, Any]:
+    """Resolve an experiment's config: ``(kind, config dataclass instance)``."""
+    names = experiment_names()
+    if name not in names:
+        raise ConfigError(f"unknown experiment {name!r}; available: {', '.join(names)}")
+    path = resources.files("warpgrad.experiments") / "configs" / f"{name}.yaml"
+    raw = OmegaConf.create(path.read_text())
+    kind = raw.pop("kind", None)
+    if kind not in KINDS:
+        raise ConfigError(f"{name}.yaml: kind must be one of {sorted(KINDS)}, got {kind!r}")
+    extra: dict[str, Any] = {}
+    if methods is not None:
+        extra["methods"] = list(methods)
+    if device is not None:
+        extra["device"] = device
+    if "data_root" in KINDS[kind].config.__dataclass_fields__:
+        if data_root is not None:
+            extra["data_root"] = data_root
+        elif not raw.get("data_root") and not any(o.startswith("data_root=") for o in overrides):
+            extra["data_root"] = default_data_root()
+    return kind, _resolve(KINDS[kind].config, [raw], overrides, extra)
+
+
+def load_run(run_dir: Path) -> tuple[str, str, Any]:
+    """``(experiment name, kind, config)`` of an existing run directory."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        record = json.loads(path.read_text())
+        kind = record["kind"]
+        config = _resolve(KINDS[kind].config, [OmegaConf.create(record["config"])], (), {})
+        return record["experiment"], kind, config
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"{path} is not a warpgrad run config ({error})") from error
+
+
+def _resolve(config_cls: type, layers: list, overrides: Sequence[str],
+             extra: dict[str, Any]) -> Any:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. iterations=10)")
+    keys = sorted(config_cls.__dataclass_fields__)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config_cls), *layers,
+                                 OmegaConf.from_dotlist(list(overrides)), extra)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        message = str(error).splitlines()[0]
+        key = getattr(error, "full_key", None) or getattr(error, "key", None)
+        if "not in" in message:
+            raise ConfigError(f"unknown config key {key!r}; keys: {', '.join(keys)}") from None
+        raise ConfigError(f"config key {key!r}: {message}") from None
+    except ValueError as error:  # the dataclass's own validation
+        raise ConfigError(str(error)) from None
