@@ -147,7 +147,8 @@ def test_real_dataset_experiments_on_fixture_files(tmp_path, omniglot_folders, e
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["train", "nonsense"], "unknown experiment 'nonsense'; available: glyphs-fewshot"),
+    (["train", "nonsense"],
+     "unknown experiment 'nonsense'; available: continual-sine, glyphs-fewshot"),
     (["train", "-m", "warp-sgd"], "unknown method(s) ['warp-sgd']; expected any of"),
     (["train", "sine", "colour=red"], "unknown config key 'colour'; keys:"),
     (["train", "sine", "iterations=lots"], "config key 'iterations': Value 'lots'"),
@@ -188,3 +189,24 @@ def test_help_explains_commands_and_show_config_lists_every_field():
     shown = invoke("train", "sine", "--show-config", "steps=7").stdout
     assert "kind: sine" in shown and "steps: 7" in shown and "inner_lr:" in shown
     assert "glyphs-multishot" in invoke("train", "--list").stdout
+
+
+def test_continual_and_maze_experiments_through_the_command(tmp_path):
+    out = tmp_path / "continual"
+    result = invoke("train", "continual-sine", "-m", "leap", "--out", out, "--no-progress",
+                    "iterations=2", "meta_batch=2", "subtasks=2", "steps_per_subtask=2",
+                    "eval_tasks=3", "plot_tasks=1")
+    assert result.exit_code == 0, result.output
+    assert "whole-range MSE" in result.stdout
+    assert set(_summary(out)["results"]) == {"leap", "no-meta"}
+    assert json.loads((out / "config.json").read_text())["kind"] == "continual"
+    out = tmp_path / "maze"
+    result = invoke("train", "maze", "-m", "l2rl", "--out", out, "--no-progress", "episodes=3",
+                    "maze_size=5", "episode_length=10", "num_envs=2", "hidden_size=8",
+                    "random_episodes=2", "final_window=2")
+    assert result.exit_code == 0, result.output
+    assert "l2rl" in result.stdout and "random" in result.stdout
+    resumed = invoke("train", "--resume", out, "--no-progress")  # a finished run resumes
+    assert resumed.exit_code == 0, resumed.output
+    bad = invoke("train", "maze", "-m", "warp,l2rl")
+    assert bad.exit_code == 2 and "one method per run" in bad.stderr

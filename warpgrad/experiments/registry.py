@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from warpgrad.experiments import continual, maze
 from warpgrad.experiments import run as run_module
 from warpgrad.experiments.classification import (
     ClassificationConfig,
@@ -57,10 +58,27 @@ def _protocol_kind(config_cls: type, make: Callable[[Any, str], Any]) -> Kind:
     return Kind(config_cls, run, lambda summary: run_module.format_table([summary]), make)
 
 
+def _single_method_kind(module: Any) -> Kind:
+    """An experiment module with its own ``run(config, run_dir, progress, record)`` and
+    ``format_table`` (one method per run: continual learning, the maze)."""
+
+    def run(config: Any, name: str, run_dir: Path, progress: bool) -> dict[str, Any]:
+        return module.run(config, run_dir, progress=progress, record=run_record(name, config))
+
+    return Kind(module_config(module), run, module.format_table)
+
+
+def module_config(module: Any) -> type:
+    return next(v for k, v in vars(module).items() if k.endswith("Config") and
+                isinstance(v, type) and v.__module__ == module.__name__)
+
+
 KINDS: dict[str, Kind] = {
     "classification": _protocol_kind(ClassificationConfig,
                                      lambda c, name: ClassificationExperiment(c, name)),
     "sine": _protocol_kind(SineConfig, lambda c, name: SineExperiment(c)),
+    "continual": _single_method_kind(continual),
+    "maze": _single_method_kind(maze),
 }
 
 DEFAULT_EXPERIMENT = "glyphs-multishot"
@@ -134,11 +152,19 @@ def load_experiment(
     if kind not in KINDS:
         raise ConfigError(f"{name}.yaml: kind must be one of {sorted(KINDS)}, got {kind!r}")
     extra: dict[str, Any] = {}
+    fields = KINDS[kind].config.__dataclass_fields__
     if methods is not None:
-        extra["methods"] = list(methods)
-    if device is not None:
+        if "methods" in fields:
+            extra["methods"] = list(methods)
+        elif len(methods) == 1:
+            extra["method"] = methods[0]
+        else:
+            raise ConfigError(f"experiment {name!r} runs one method per run; give one --method")
+    if device is not None and "device" in fields:
         extra["device"] = device
-    if "data_root" in KINDS[kind].config.__dataclass_fields__:
+    elif device not in (None, "cpu"):
+        raise ConfigError(f"experiment {name!r} runs on the CPU only")
+    if "data_root" in fields:
         if data_root is not None:
             extra["data_root"] = data_root
         elif not raw.get("data_root") and not any(o.startswith("data_root=") for o in overrides):

@@ -111,9 +111,11 @@ def mean_ci(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "ci95": 1.96 * math.sqrt(var / n), "n": n}
 
 
-def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
-    """The per-iteration statistics as CSV (atomically)."""
-    columns = sorted({k for row in history for k in row}, key=lambda k: (k != "iteration", k))
+def write_metrics(path: Path, history: Sequence[dict[str, float]], first: str = "iteration"
+                  ) -> None:
+    """Per-iteration (or per-episode: ``first="episode"``) statistics as CSV, atomically;
+    columns are the union of the rows' keys, ``first`` leading, the rest sorted."""
+    columns = sorted({k for row in history for k in row}, key=lambda k: (k != first, k))
     text = io.StringIO()
     writer = csv.DictWriter(text, columns)
     writer.writeheader()

@@ -1,0 +1,356 @@
+"""Continual sine regression: does a meta-learned warp stop SGD from forgetting?
+
+The protocol (PAPER.md, "Continual sine regression"). A task is one curve y = A sin(x − b),
+A ~ U[0.1, 5], b ~ U[0, π], whose input range [-5, 5] is cut into ``subtasks`` consecutive
+sub-intervals presented left to right, ``steps_per_subtask`` full-batch SGD steps on each
+(``points_per_subtask`` points), no revisiting (:mod:`warpgrad.tasks.continual`). The learner
+is an MLP 40-40; warped methods put a linear warp after each hidden layer. WarpGrad's
+meta-loss at a point during sub-task j averages the loss over sub-tasks 0..j.
+
+Methods (one per run, ``method``): ``warp-leap`` (WarpGrad + Leap's initialisation, the
+paper's), ``warpgrad`` (warp only, θ_0 fixed), ``warp-reptile``, and the baselines without a
+warp, plain SGD from a meta-learned initialisation: ``leap``, ``reptile``; ``no-meta`` (SGD
+from the random initialisation) is always evaluated alongside as a reference.
+
+Measured on ``eval_tasks`` held-out curves, by an observer on the engine's inner loop:
+
+- the forgetting matrix ``F[i, j]``: MSE on sub-task j's held-out points after the last step
+  of sub-task i (rows: time, columns: sub-task; above the diagonal: not yet seen);
+- the final whole-range MSE (all held-out points after the last sub-task);
+- the forgetting of the first sub-task, ``F[S-1, 0] − F[0, 0]``, and the mean forgetting
+  ``mean_{j<S-1} (F[S-1, j] − F[j, j])``.
+
+Outputs in the run directory: ``config.json``, ``environment.json``, ``metrics.csv`` (one row
+per meta-iteration), ``checkpoint.pt`` (atomic, every ``checkpoint_every`` iterations; a run
+restarted on the same directory resumes from it, nothing lost or repeated), ``fits.png``
+(the fitted curve after the last sub-task against the true curve on a few test tasks),
+``forgetting.png`` (the matrices) and ``summary.json``.
+
+The default budget (300 meta-iterations of 5 tasks) takes about a minute on a 2-core CPU. The
+paper does not give its continual budget; longer runs (``iterations=1000``) widen the gap.
+
+Example::
+
+    from pathlib import Path
+    from warpgrad.experiments import continual
+    summary = continual.run(continual.ContinualConfig(method="warp-leap"), Path("runs/cl"))
+    print(continual.format_table(summary))
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
+from warpgrad.engine.adapt import StepRecord
+from warpgrad.experiments.checkpoint import write_json
+from warpgrad.experiments.run import environment
+from warpgrad.experiments.training import mean_ci
+from warpgrad.experiments.training import meta_train as train_loop
+from warpgrad.models import mlp
+from warpgrad.tasks.continual import ContinualTask, continual_sine_tasks
+
+CONTINUAL_METHODS = ("warp-leap", "warpgrad", "warp-reptile", "leap", "reptile", "no-meta")
+"""Methods this experiment runs: sequential adaptation has no use for MAML's backpropagation
+through every step of a long sequence or for multi-headed fine-tuning."""
+REFERENCE = "no-meta"
+
+
+@dataclass
+class ContinualConfig:
+    """Every setting of a continual-sine run (recorded in ``config.json``).
+
+    Task: ``subtasks`` sub-intervals of ``x_range``, each with ``points_per_subtask``
+    adaptation points, ``meta_points_per_subtask`` points for WarpGrad's meta-loss and
+    ``test_points_per_subtask`` held-out points; ``steps_per_subtask`` SGD steps at
+    ``inner_lr`` on each. Meta-training: ``iterations`` meta-steps of ``meta_batch`` tasks,
+    ``meta_optimizer`` (``"adam"`` or ``"sgd"``) at ``meta_lr`` for φ and θ_0; WarpGrad
+    ``warp_variant`` (``"exact"``, ``"first-order"``, ``"no-step"``) in ``warp_regime``
+    (``"online"``, ``"offline"``) on every ``warp_stride``-th trajectory point.
+    Evaluation: ``eval_tasks`` held-out curves, ``plot_tasks`` of them plotted.
+    """
+
+    method: str = "warp-leap"
+    iterations: int = 300
+    meta_batch: int = 5
+    subtasks: int = 5
+    steps_per_subtask: int = 5
+    points_per_subtask: int = 10
+    meta_points_per_subtask: int = 10
+    test_points_per_subtask: int = 50
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+    inner_lr: float = 0.01
+    meta_lr: float = 0.005
+    meta_optimizer: str = "adam"
+    warp_variant: str = "exact"
+    warp_regime: str = "online"
+    warp_stride: int = 5
+    hidden: tuple[int, ...] = (40, 40)
+    eval_tasks: int = 100
+    plot_tasks: int = 4
+    checkpoint_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.amplitude = tuple(float(v) for v in self.amplitude)
+        self.phase = tuple(float(v) for v in self.phase)
+        self.x_range = tuple(float(v) for v in self.x_range)
+        self.hidden = tuple(int(v) for v in self.hidden)
+        if self.method not in CONTINUAL_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of "
+                             f"{list(CONTINUAL_METHODS)}")
+        for name in ("iterations", "meta_batch", "subtasks", "steps_per_subtask",
+                     "points_per_subtask", "meta_points_per_subtask",
+                     "test_points_per_subtask", "warp_stride", "eval_tasks",
+                     "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.plot_tasks <= self.eval_tasks:
+            raise ValueError(f"plot_tasks must be between 0 and eval_tasks ({self.eval_tasks}), "
+                             f"got {self.plot_tasks}")
+        for name in ("inner_lr", "meta_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("amplitude", "phase", "x_range"):
+            pair = getattr(self, name)
+            if len(pair) != 2 or pair[0] > pair[1]:
+                raise ValueError(f"{name} must be two numbers (low, high) with low <= high, "
+                                 f"got {pair}")
+        if self.x_range[0] == self.x_range[1]:
+            raise ValueError(f"x_range must have positive width, got {self.x_range}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
+        choices = {"meta_optimizer": ("adam", "sgd"),
+                   "warp_variant": ("exact", "first-order", "no-step"),
+                   "warp_regime": ("online", "offline")}
+        for name, accepted in choices.items():
+            if getattr(self, name) not in accepted:
+                raise ValueError(f"{name} must be one of {list(accepted)}, got "
+                                 f"{getattr(self, name)!r}")
+
+    @property
+    def steps(self) -> int:
+        """Adaptation steps per task: every sub-task in turn."""
+        return self.subtasks * self.steps_per_subtask
+
+    def task_options(self) -> dict[str, Any]:
+        return {"subtasks": self.subtasks, "points_per_subtask": self.points_per_subtask,
+                "meta_points_per_subtask": self.meta_points_per_subtask,
+                "test_points_per_subtask": self.test_points_per_subtask,
+                "steps_per_subtask": self.steps_per_subtask, "amplitude": self.amplitude,
+                "phase": self.phase, "x_range": self.x_range}
+
+
+def build_learner(config: ContinualConfig, method: str) -> MetaLearner:
+    """The learner of ``method``, initialised from the run's seed (the same θ_0 for every
+    method of a seed; warps start at the identity, so warped methods start as plain SGD)."""
+    torch.manual_seed(config.seed)
+    spec = METHODS[method]
+    model = mlp(1, 1, hidden=config.hidden, warp="linear" if spec.needs_warps else None)
+    warp = (WarpGrad(config.warp_variant, config.warp_regime, stride=config.warp_stride)
+            if spec.warp else None)
+    return make_learner(method, model, F.mse_loss, steps=config.steps, warp=warp,
+                        inner_lr=config.inner_lr, warp_lr=config.meta_lr,
+                        init_lr=config.meta_lr, meta_optimizer=config.meta_optimizer,
+                        seed=config.seed)
+
+
+# -- measurement ---------------------------------------------------------------------------
+
+class ForgettingObserver:
+    """Watches one continual task's adaptation; after the last step of each sub-task (the
+    trajectory points θ_K, θ_2K, ..., θ_SK) it scores the held-out points of every sub-task.
+
+    ``matrix`` ``[S, S]`` afterwards: ``matrix[i, j]`` is the MSE on sub-task j after
+    sub-task i; ``theta`` ``[P]`` the final point θ_SK.
+    """
+
+    needs_final_loss = False
+
+    def __init__(self, learner: MetaLearner, task: ContinualTask) -> None:
+        self.learner, self.task = learner, task
+        self.rows: list[list[float]] = []
+        self.theta: Tensor | None = None
+
+    def observe(self, record: StepRecord) -> None:
+        if record.step == 0 or record.step % self.task.steps_per_subtask:
+            return
+        with torch.no_grad():
+            self.rows.append([self.learner.loss_fn(self.learner.model(x, record.theta), y).item()
+                              for x, y in map(self.task.subtask_test, range(self.task.subtasks))])
+        self.theta = record.theta
+
+    @property
+    def matrix(self) -> Tensor:
+        return torch.tensor(self.rows)
+
+
+def measure(learner: MetaLearner, task: ContinualTask) -> dict[str, Any]:
+    """Adapt ``learner`` through ``task``'s sub-tasks (from its θ_0, through its warps) and
+    score it: ``forgetting_matrix`` ``[S][S]``, ``whole_range_mse``, ``first_forgetting``,
+    ``mean_forgetting`` and ``theta`` (θ after the last sub-task, ``[P]``)."""
+    if learner.steps != task.total_steps:
+        raise ValueError(f"the learner takes {learner.steps} steps but the task's sequence is "
+                         f"{task.total_steps} steps long")
+    task.rewind()
+    observer = ForgettingObserver(learner, task)
+    learner.adapt(task, observers=[observer])
+    task.rewind()
+    matrix = observer.matrix
+    x, y = task.test_batch()
+    with torch.no_grad():
+        whole = learner.loss_fn(learner.model(x, observer.theta), y).item()
+    diagonal = matrix.diagonal()
+    last = matrix[-1]
+    return {"forgetting_matrix": matrix.tolist(), "whole_range_mse": whole,
+            "first_forgetting": (last[0] - diagonal[0]).item(),
+            "mean_forgetting": (last[:-1] - diagonal[:-1]).mean().item()
+            if len(last) > 1 else 0.0,
+            "theta": observer.theta}
+
+
+def evaluate(config: ContinualConfig, learner: MetaLearner, tasks: list[ContinualTask], *,
+             progress: bool = True, desc: str = "evaluate") -> dict[str, Any]:
+    """Mean and 95% CI over ``tasks`` of each score of :func:`measure`, and the mean
+    forgetting matrix."""
+    scores = [measure(learner, task) for task in tqdm(tasks, desc=desc, disable=not progress,
+                                                      leave=False, file=sys.stderr)]
+    result: dict[str, Any] = {
+        name: mean_ci([s[name] for s in scores])
+        for name in ("whole_range_mse", "first_forgetting", "mean_forgetting")}
+    result["final_first_mse"] = mean_ci([s["forgetting_matrix"][-1][0] for s in scores])
+    result["forgetting_matrix"] = torch.tensor(
+        [s["forgetting_matrix"] for s in scores]).mean(0).tolist()
+    return result
+
+
+def held_out_tasks(config: ContinualConfig) -> list[ContinualTask]:
+    """The held-out curves every method of a seed is scored on."""
+    generator = torch.Generator().manual_seed(config.seed + 10_000)
+    return continual_sine_tasks(config.eval_tasks, generator, **config.task_options())
+
+
+# -- meta-training -------------------------------------------------------------------------
+
+def meta_train(config: ContinualConfig, run_dir: Path, *, progress: bool = True
+               ) -> tuple[MetaLearner, float]:
+    """Meta-train ``config.method`` with the shared loop (checkpoints and ``metrics.csv`` in
+    ``run_dir``, resuming from them). Returns the learner and the meta-training wall time in
+    seconds (summed over resumes)."""
+    learner = build_learner(config, config.method)
+    if config.method == REFERENCE:
+        return learner, 0.0
+    training = train_loop(
+        learner, lambda g: continual_sine_tasks(config.meta_batch, g, **config.task_options()),
+        run_dir, iterations=config.iterations, checkpoint_every=config.checkpoint_every,
+        seed=config.seed, progress=progress, desc=f"meta-train {config.method}")
+    return learner, training.seconds
+
+
+def run(config: ContinualConfig, run_dir: Path, *, progress: bool = True,
+        record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Meta-train ``config.method``, score it and the no-meta reference on the same held-out
+    curves, write the run directory (see the module docstring) and return the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", asdict(config) if record is None else record)
+    write_json(run_dir / "environment.json", environment(config.seed))
+    learner, seconds = meta_train(config, run_dir, progress=progress)
+    tasks = held_out_tasks(config)
+    learners = {config.method: learner}
+    if config.method != REFERENCE:
+        learners[REFERENCE] = build_learner(config, REFERENCE)
+    results = {}
+    for name, each in learners.items():
+        results[name] = evaluate(config, each, tasks, progress=progress,
+                                 desc=f"evaluate {name}")
+    results[config.method]["meta_train_seconds"] = seconds
+    plot_fits(run_dir / "fits.png", learners, tasks[:config.plot_tasks])
+    plot_forgetting(run_dir / "forgetting.png", results)
+    summary = {"experiment": "continual-sine", "method": config.method,
+               "metric": "MSE after adapting through every sub-task in order",
+               "subtasks": config.subtasks, "results": results}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+# -- report --------------------------------------------------------------------------------
+
+def format_table(summary: dict[str, Any]) -> str:
+    """One row per method: whole-range MSE, first-sub-task MSE at the end, its forgetting and
+    the mean forgetting, each mean ± 95% CI."""
+    header = (f"{'method':<13} {'whole-range MSE':<17} {'sub-task 1 MSE':<17} "
+              f"{'forgetting (1st)':<17} {'forgetting (mean)':<17}")
+    rows = [header]
+    for method, r in summary["results"].items():
+        cells = [f"{r[k]['mean']:>7.3f} ± {r[k]['ci95']:<7.3f}"
+                 for k in ("whole_range_mse", "final_first_mse", "first_forgetting",
+                           "mean_forgetting")]
+        rows.append(f"{method:<13} " + " ".join(f"{c:<17}" for c in cells))
+    return "\n".join(rows)
+
+
+def plot_fits(path: Path, learners: dict[str, MetaLearner], tasks: list[ContinualTask],
+              grid_points: int = 400) -> None:
+    """One panel per task: the true curve, each sub-task's adaptation points, and each
+    learner's fit after the last sub-task; dotted lines mark the sub-task boundaries."""
+    if not tasks:
+        return
+    fig = Figure(figsize=(4 * len(tasks), 3.2))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        lows = task.sub_test[0].amin(dim=(1, 2))
+        highs = task.sub_test[0].amax(dim=(1, 2))
+        low, high = lows.min().item(), highs.max().item()
+        grid = torch.linspace(low, high, grid_points).unsqueeze(1)
+        if task.target is not None:
+            ax.plot(grid.numpy(), task.target(grid).numpy(), color="black", lw=2,
+                    label="true curve")
+        for j in range(task.subtasks):
+            ax.scatter(task.sub_train[0][j].numpy(), task.sub_train[1][j].numpy(), s=10,
+                       color=f"C{j % 10}", alpha=0.6)
+            if j:
+                ax.axvline((highs[j - 1] + lows[j]).item() / 2, color="grey", ls=":", lw=1)
+        for name, learner in learners.items():
+            theta = measure(learner, task)["theta"]
+            with torch.no_grad():
+                ax.plot(grid.numpy(), learner.model(grid, theta).numpy(), lw=1.5,
+                        ls="--" if name == REFERENCE else "-", label=name)
+        ax.set_xlabel("x")
+    axes[0][0].set_ylabel("y")
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.suptitle("fit after the last sub-task (sub-tasks learned left to right)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_forgetting(path: Path, results: dict[str, Any]) -> None:
+    """The mean forgetting matrix of each method as a heat map (shared colour scale)."""
+    matrices = {name: torch.tensor(r["forgetting_matrix"]) for name, r in results.items()}
+    vmax = max(m.max().item() for m in matrices.values())
+    fig = Figure(figsize=(4 * len(matrices), 3.6))
+    axes = fig.subplots(1, len(matrices), squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        image = ax.imshow(matrix.numpy(), vmin=0, vmax=vmax, cmap="viridis")
+        for (i, j), value in zip(torch.cartesian_prod(torch.arange(len(matrix)),
+                                                      torch.arange(len(matrix))).tolist(),
+                                 matrix.flatten().tolist()):
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+        ax.set_title(name)
+        ax.set_xlabel("sub-task scored")
+        ax.set_ylabel("after sub-task")
+        fig.colorbar(image, ax=ax, fraction=0.046, label="MSE")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
