@@ -115,7 +115,7 @@ class MetaLearner:
             raise ValueError(f"meta_optimizer must be 'sgd' or 'adam', got {meta_optimizer!r}")
 
         def optimizer(params: list[Tensor], lr: float, rates: bool) -> torch.optim.Optimizer:
-            groups = [{"params": params}]
+            groups = [{"params": params}] if params else []
             if rates and learned_rates:
                 groups.append({"params": learned_rates, "lr": rate_lr or lr})
             return make[meta_optimizer](groups, lr=lr)
