@@ -207,5 +207,35 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
     click.echo(f"wrote {contact_sheet(dataset, out)}")
 
 
+@main.command()
+@click.option("--scale", type=click.Choice(["full", "small"]), default="small", show_default=True,
+              help="full: the original's multi-shot protocol (minutes per case; the meta-batch "
+              "is extrapolated from --tasks tasks); small: seconds")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
+              show_default=True,
+              help="folder for bench.json and bench.md")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for PyTorch in every case (default: PyTorch's choice)")
+@click.option("--tasks", type=click.IntRange(min=1),
+              help="tasks of the meta-batch actually run (default: 1 at full scale, all at small)")
+@click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
+              "memory_vs_steps, warped_step, batched_objective (default: all)")
+def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: str | None
+          ) -> None:
+    """Benchmark one meta-iteration: seconds, peak memory, overhead over bare compute.
+
+    Prints a markdown table and writes OUT/bench.json and OUT/bench.md (see BENCHMARKS.md).
+    """
+    from warpgrad.bench import main as run_bench
+
+    sections = None if only is None else tuple(s.strip() for s in only.split(","))
+    known = {"meta_iteration", "overhead", "memory_vs_steps", "warped_step", "batched_objective"}
+    if sections is not None and not set(sections) <= known:
+        _fail(f"unknown figure(s) {sorted(set(sections) - known)}; expected any of "
+              f"{sorted(known)}")
+    run_bench(scale, out, threads=threads, measured_tasks=tasks, sections=sections,
+              log=lambda line: click.echo(line, err=not line.startswith("## ")))
+
+
 if __name__ == "__main__":
     main()

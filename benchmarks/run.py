@@ -1,0 +1,10 @@
+"""Run the benchmark suite: ``python benchmarks/run.py [--scale full|small] [--out DIR]``.
+
+The same as ``warpgrad bench`` (options: ``--threads``, ``--tasks``, ``--only``); see
+BENCHMARKS.md for the figures and the latest results.
+"""
+
+from warpgrad.cli import bench
+
+if __name__ == "__main__":
+    bench()

@@ -1,0 +1,171 @@
+"""The benchmark suite (issue 7): runs at small scale, every figure present and consistent.
+
+No speed target is asserted here: timings depend on the machine. What is checked is the
+structure of the output, that ratios agree with the times they come from, that the bare
+compute is the same network as the library's, and that MAML's memory grows with K.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from warpgrad import bench
+from warpgrad.cli import main
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    lines: list[str] = []
+    results = bench.main("small", out, threads=1, log=lines.append)
+    return results, out, lines
+
+
+def _positive_numbers(tree, path=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _positive_numbers(value, f"{path}.{key}")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def test_every_figure_is_present_and_positive(small):
+    results, _, _ = small
+    assert set(results["meta_iteration"]) == set(bench.META_METHODS)
+    assert set(results["overhead"]) == {"exact", "first-order"}
+    assert set(results["memory_vs_steps"]["cases"]) == {"warpgrad-online", "warpgrad-offline",
+                                                       "maml"}
+    ks = [str(k) for k in bench.SCALES["small"].k_values]
+    for by_k in results["memory_vs_steps"]["cases"].values():
+        assert list(by_k) == ks
+    assert set(results["batched_objective"]) == {"exact", "first-order"}
+    figures = {k: results[k] for k in ("meta_iteration", "overhead", "memory_vs_steps",
+                                       "warped_step", "batched_objective")}
+    numbers = list(_positive_numbers(figures))
+    assert len(numbers) > 60
+    for path, value in numbers:
+        if path.endswith("peak_growth_mb"):
+            assert value >= 0, path  # growth can round to zero for tiny cases
+        else:
+            assert value > 0, path
+    for r in results["meta_iteration"].values():
+        assert r["peak_rss_mb"] > 50  # a process with torch loaded
+        assert r["extrapolated"] is False and "how" not in r
+    machine = results["machine"]
+    assert machine["cores"] >= 1 and machine["threads"] == 1
+    assert machine["torch"] == torch.__version__ and machine["cpu"]
+
+
+def test_ratios_agree_with_the_times_they_come_from(small):
+    results, _, _ = small
+    meta = results["meta_iteration"]
+    for method, r in meta.items():
+        assert r["seconds"] == pytest.approx(r["measured_seconds"]), method  # 2 of 2 tasks
+    for variant, r in results["overhead"].items():
+        assert r["meta_iteration_seconds"] == meta[f"warp-leap-{variant}"]["measured_seconds"]
+        assert r["ratio"] == pytest.approx(r["meta_iteration_seconds"] / r["bare_seconds"])
+        assert 0.2 < r["ratio"] < 20  # the same work: within an order of magnitude
+    step = results["warped_step"]
+    assert step["ratio"] == pytest.approx(step["warped_ms"] / step["plain_ms"])
+    for r in results["batched_objective"].values():
+        assert r["ratio"] == pytest.approx(r["batched_ms_per_point"]
+                                           / r["sequential_ms_per_point"])
+        assert r["points"] == bench.SCALES["small"].points
+    targets = {t["target"]: t for t in results["targets"]}
+    assert targets["overhead ratio (exact)"]["value"] == results["overhead"]["exact"]["ratio"]
+    # speed and memory targets are for the full protocol: not judged at small scale
+    assert targets["warp-leap-exact meta-iteration seconds"]["met"] is None
+
+
+def test_maml_memory_grows_with_k(small):
+    results, _, _ = small
+    cases = results["memory_vs_steps"]["cases"]
+    ks = sorted(cases["maml"], key=int)
+    saved = [cases["maml"][k]["saved_tensor_mb"] for k in ks]
+    assert saved == sorted(saved) and len(set(saved)) == len(saved)
+    # activations are kept per step: roughly linear in K
+    assert saved[-1] > 0.5 * saved[0] * int(ks[-1]) / int(ks[0])
+    assert cases["maml"][ks[-1]]["peak_growth_mb"] > cases["maml"][ks[0]]["peak_growth_mb"]
+
+
+def test_json_and_markdown_are_written_and_list_every_case(small):
+    results, out, lines = small
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk["meta_iteration"].keys() == results["meta_iteration"].keys()
+    assert on_disk["overhead"]["exact"]["ratio"] == pytest.approx(
+        results["overhead"]["exact"]["ratio"])
+    text = (out / "bench.md").read_text()
+    assert text == bench.markdown(results)
+    assert any(line.startswith("## warpgrad bench") for line in lines)  # printed too
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    cases = {row[1] for row in cells}
+    for method in bench.META_METHODS:
+        assert method in cases
+    for variant in ("exact", "first-order"):
+        assert f"warp-leap-{variant} (2 task(s))" in cases
+        assert f"{variant} batched (4)" in cases and f"{variant} one at a time" in cases
+    for method in ("warpgrad-online", "warpgrad-offline", "maml"):
+        for k in bench.SCALES["small"].k_values:
+            assert f"{method} K={k}" in cases
+    assert {"warped", "plain", "warped / plain"} <= cases
+    assert len(table) == 1 + len(bench.rows(results)) + 1 + len(results["targets"])
+    assert results["machine"]["cpu"] in text
+
+
+def test_bare_forward_is_the_library_network():
+    model = bench._model(8, True)
+    theta = list(model.task_parameters().values())
+    warps = list(model.warp_parameters().values())
+    x = torch.rand(5, 1, 28, 28)
+    assert torch.allclose(bench._bare_forward(theta, warps, x), model(x), atol=1e-5)
+    plain = bench._model(8, False)
+    assert torch.allclose(bench._bare_forward(list(plain.task_parameters().values()), [], x),
+                          plain(x), atol=1e-5)
+    bench.bare_meta_iteration(1, 2, 4, 4, "exact")  # runs on plain tensors
+    bench.bare_meta_iteration(1, 2, 4, 4, "first-order")
+
+
+def test_extrapolation_is_labelled_and_scales_per_task(monkeypatch):
+    canned = {"seconds": 2.0, "peak_rss_mb": 400.0, "peak_growth_mb": 100.0, "num_params": 1000}
+
+    def fake(kind, scale, *args):
+        if kind == "bare":
+            return {"seconds": 1.6, "peak_rss_mb": 300.0, "peak_growth_mb": 10.0}
+        return dict(canned)
+
+    monkeypatch.setattr(bench, "run_case", fake)
+    scale = replace(bench.SCALES["full"], measured_tasks=2)
+    results = bench.run_suite(scale, bench.Suite(("meta_iteration", "overhead")))
+    meta = results["meta_iteration"]
+    buffer_mb = 18 * 101 * 1000 * 4 / 1e6  # the other 18 tasks' buffer points
+    for method, r in meta.items():
+        assert r["extrapolated"] and r["seconds"] == pytest.approx(20.0)
+        expected = 400.0 + (buffer_mb if method.startswith("warp") else 0.0)
+        assert r["peak_rss_mb"] == pytest.approx(expected)
+        assert "ran 2 of 20 tasks" in r["how"]
+    # the overhead ratio compares the measured (not extrapolated) times
+    assert results["overhead"]["exact"]["ratio"] == pytest.approx(2.0 / 1.6)
+    text = bench.markdown(results)
+    assert "| meta-iteration | leap | 20.00 * | s |" in text and "extrapolated (" in text
+    targets = {t["target"]: t for t in results["targets"]}
+    assert targets["warp-leap-exact meta-iteration seconds"]["met"] is True
+    assert targets["overhead ratio (exact)"]["met"] is False
+
+
+def test_cli_bench_rejects_unknown_figures_and_writes_results(tmp_path, monkeypatch):
+    result = CliRunner().invoke(main, ["bench", "--only", "nonsense"])
+    assert result.exit_code == 2 and "unknown figure" in result.output
+    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: {
+        "warped_ms": 3.0, "plain_ms": 2.0})
+    result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
+                                       str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "| adaptation step | warped / plain | 1.500 | x |" in result.output
+    saved = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert saved["warped_step"]["ratio"] == pytest.approx(1.5)

@@ -1,0 +1,606 @@
+"""The benchmark suite (issue 7): what one meta-iteration costs, in seconds and memory.
+
+Run it as ``warpgrad bench [--scale full|small] [--out DIR]`` or
+``python benchmarks/run.py ...``. It prints a markdown table and writes ``bench.json`` and
+``bench.md``. Figures:
+
+1. ``meta_iteration``: one meta-iteration of the multi-shot protocol (Conv4 with linear 3x3
+   conv warps, 20-way glyph alphabet tasks, K SGD steps at lr 0.1, offline WarpGrad over every
+   buffer point one at a time) for warp-leap (exact, first-order), leap, reptile and fomaml:
+   seconds and peak memory. At ``--scale full`` only ``measured_tasks`` tasks of the meta-batch
+   of 20 are run and the figures are extrapolated (stated in the output).
+2. ``overhead``: that meta-iteration's wall time over the time of the bare compute it needs
+   (the same forward/backward passes written as a hand-rolled loop over plain tensors).
+3. ``memory_vs_steps``: peak memory of one meta-iteration as the adaptation length K grows,
+   for WarpGrad online, WarpGrad offline and (second-order) MAML, at small shapes.
+4. ``warped_step``: one warped adaptation step versus one plain step (ms, ratio).
+5. ``batched_objective``: the meta-objective per buffer point, batched with vmap versus one
+   point at a time (ms per point, ratio).
+
+Every measured case runs in a fresh process (a forkserver child), so neither its time nor its
+peak memory is contaminated by another case. Memory is the process's peak resident set size
+(``ru_maxrss``) and its growth over the resident size after setup, in MB (10^6 bytes).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MB = 1e6
+N_WAY = 20
+INNER_LR = 0.1
+META_METHODS = ("warp-leap-exact", "warp-leap-first-order", "leap", "reptile", "fomaml")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The shapes of one benchmark run.
+
+    ``meta_batch``: the protocol's meta-batch; ``measured_tasks``: how many of its tasks are
+    actually run (figures are scaled by ``meta_batch / measured_tasks`` when fewer);
+    ``steps``: K; ``batch_size``, ``filters``: batch and Conv4 width; ``step_reps``: steps
+    timed per case of figure 4; ``points``: buffer points of figure 5; ``k_values``,
+    ``k_filters``, ``k_batch``: adaptation lengths and shapes of figure 3 (meta-batch 1).
+    """
+
+    name: str
+    meta_batch: int
+    measured_tasks: int
+    steps: int
+    batch_size: int
+    filters: int
+    step_reps: int
+    points: int
+    k_values: tuple[int, ...]
+    k_filters: int
+    k_batch: int
+    threads: int | None = None
+
+    @property
+    def extrapolated(self) -> bool:
+        return self.measured_tasks < self.meta_batch
+
+
+SCALES: dict[str, Scale] = {
+    "full": Scale("full", meta_batch=20, measured_tasks=1, steps=100, batch_size=128,
+                  filters=64, step_reps=20, points=4, k_values=(5, 25, 100), k_filters=32,
+                  k_batch=32),
+    "small": Scale("small", meta_batch=2, measured_tasks=2, steps=10, batch_size=32,
+                   filters=16, step_reps=5, points=4, k_values=(2, 5, 10), k_filters=8,
+                   k_batch=16),
+}
+"""``full`` is the original's multi-shot protocol; ``small`` runs in seconds."""
+
+
+# -- measurement helpers (run inside the case's process) --------------------------------------
+def _rss_bytes() -> int:
+    """The current resident set size of this process, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_bytes() -> int:
+    """This process's peak resident set size so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _measure(fn: Callable[[], Any]) -> dict[str, float]:
+    """Run ``fn`` once: ``seconds`` (wall), ``peak_rss_mb`` (the process's peak RSS) and
+    ``peak_growth_mb`` (that peak minus the RSS just before ``fn``)."""
+    gc.collect()
+    base = _rss_bytes()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    peak = _peak_bytes()
+    return {"seconds": seconds, "peak_rss_mb": peak / MB,
+            "peak_growth_mb": max(peak - base, 0) / MB}
+
+
+_GLYPHS: list = []
+
+
+def _glyphs():
+    """The glyph dataset, loaded once per process (the forkserver loads it before forking the
+    cases, see :func:`run_case`)."""
+    from warpgrad.data import load_glyphs
+
+    if not _GLYPHS:
+        _GLYPHS.append(load_glyphs())
+    return _GLYPHS[0]
+
+
+if os.environ.get("WARPGRAD_BENCH_FORKSERVER") == "1":  # imported as the forkserver's preload
+    _glyphs()
+
+
+def _tasks(scale: Scale, batch_size: int, n: int) -> list:
+    from warpgrad.data import AlphabetTasks
+
+    tasks = AlphabetTasks(_glyphs(), batch_size=batch_size, n_train_tasks=n).train
+    return [tasks[i % len(tasks)] for i in range(n)]
+
+
+def _model(filters: int, warped: bool = True):
+    from warpgrad.models.backbones import conv4
+
+    torch.manual_seed(0)
+    return conv4(N_WAY, filters=filters, warp="conv3x3" if warped else None)
+
+
+def _learner(method: str, model, steps: int, regime: str = "offline"):
+    from warpgrad.algorithms.methods import make_learner
+    from warpgrad.algorithms.warpgrad import WarpGrad
+
+    if method.startswith("warp-leap-"):
+        variant = method.removeprefix("warp-leap-")
+        return make_learner("warp-leap", model, F.cross_entropy, steps=steps, inner_lr=INNER_LR,
+                            warp=WarpGrad(variant, regime, points_per_update=1))
+    return make_learner(method, model, F.cross_entropy, steps=steps, inner_lr=INNER_LR)
+
+
+def _warm_up(method: str, filters: int, tasks: list) -> None:
+    """One 1-step meta-iteration on one task: loads kernels and allocators before timing."""
+    _learner(method, _model(filters, not _plain(method)), 1).meta_step(tasks[:1])
+
+
+def _plain(method: str) -> bool:
+    return not method.startswith("warp") and method != "maml-warped"
+
+
+# -- the cases ---------------------------------------------------------------------------------
+def case_meta_iteration(scale: Scale, method: str) -> dict[str, float]:
+    """Figure 1: one meta-iteration over ``scale.measured_tasks`` tasks (seconds, MB)."""
+    tasks = _tasks(scale, scale.batch_size, scale.measured_tasks)
+    _warm_up(method, scale.filters, tasks)
+    learner = _learner(method, _model(scale.filters, not _plain(method)), scale.steps)
+    result = _measure(lambda: learner.meta_step(tasks))
+    result["num_params"] = learner.model.task_spec.numel
+    return result
+
+
+def case_memory_vs_steps(scale: Scale, method: str, steps: int) -> dict[str, float]:
+    """Figure 3: one meta-iteration of one task with K = ``steps``, at the small shapes
+    ``k_filters``/``k_batch``. ``method``: ``warpgrad-online``, ``warpgrad-offline``, ``maml``
+    (second order, plain Conv4)."""
+    tasks = _tasks(scale, scale.k_batch, 1)
+    if method == "maml":
+        name, regime = "maml", "offline"
+    else:
+        name, regime = "warp-leap-exact", method.removeprefix("warpgrad-")
+    _learner(name, _model(scale.k_filters, name != "maml"), 1, regime).meta_step(tasks)
+    learner = _learner(name, _model(scale.k_filters, name != "maml"), steps, regime)
+    saved = _saved_tensor_bytes(learner, tasks[0]) if name == "maml" else None
+    result = _measure(lambda: learner.meta_step(tasks))
+    if saved is not None:
+        result["saved_tensor_mb"] = saved / MB
+    return result
+
+
+def _saved_tensor_bytes(learner, task) -> int:
+    """Bytes of the tensors autograd saves while MAML's differentiable adaptation runs
+    (a memory figure independent of the allocator; counted once per saved tensor)."""
+    from warpgrad.engine.adapt import adapt
+
+    total = 0
+    seen: set[int] = set()
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        key = id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    model = learner.model
+    theta0 = model.init_theta().detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = adapt(model, theta0, task, learner.loss_fn, learner.optimizer, learner.steps,
+                       create_graph=True, generator=torch.Generator().manual_seed(0))
+    del result
+    return total
+
+
+def case_warped_step(scale: Scale) -> dict[str, float]:
+    """Figure 4: ms per adaptation step (data draw, forward, backward, SGD step) of Conv4 with
+    and without warps, batch ``batch_size``; the two alternate to share any drift."""
+    from warpgrad.engine.adapt import adapt
+    from warpgrad.engine.inner_sgd import InnerSGD
+
+    task = _tasks(scale, scale.batch_size, 1)[0]
+    models = {"warped": _model(scale.filters, True), "plain": _model(scale.filters, False)}
+    times: dict[str, float] = {"warped": 0.0, "plain": 0.0}
+    for rep in range(3):  # rep 0 warms up
+        for name, model in models.items():
+            opt = InnerSGD(model.task_spec, INNER_LR)
+            phi = {n: p.detach() for n, p in model.warp_parameters().items()}
+            start = time.perf_counter()
+            adapt(model, model.init_theta(), task, F.cross_entropy, opt,
+                  1 if rep == 0 else scale.step_reps, phi=phi,
+                  generator=torch.Generator().manual_seed(rep))
+            if rep:
+                times[name] += time.perf_counter() - start
+    n = 2 * scale.step_reps
+    return {"warped_ms": 1e3 * times["warped"] / n, "plain_ms": 1e3 * times["plain"] / n}
+
+
+def case_batched_objective(scale: Scale, variant: str) -> dict[str, float]:
+    """Figure 5: ms per buffer point of the offline WarpGrad update, ``points`` points in one
+    vmap call versus one point per update."""
+    from warpgrad.algorithms.warpgrad import WarpGrad
+    from warpgrad.engine.adapt import adapt
+    from warpgrad.engine.buffer import ReplayBuffer
+    from warpgrad.engine.inner_sgd import InnerSGD
+
+    task = _tasks(scale, scale.batch_size, 1)[0]
+    model = _model(scale.filters, True)
+    opt = InnerSGD(model.task_spec, INNER_LR)
+    n = scale.points
+    buffer = ReplayBuffer(n, model.task_spec.numel)
+    adapt(model, model.init_theta(), task, F.cross_entropy, opt, n - 1,
+          observers=[buffer.recorder(0)], generator=torch.Generator().manual_seed(0))
+    objectives = {"sequential": WarpGrad(variant, "offline", points_per_update=1),
+                  "batched": WarpGrad(variant, "offline", points_per_update=n, batched=True)}
+    times = {"sequential": 0.0, "batched": 0.0}
+    for rep in range(2):  # rep 0 warms up
+        for name, objective in objectives.items():
+            meta = torch.optim.SGD(model.warp_parameters().values(), lr=0.0)
+            start = time.perf_counter()
+            objective.offline_update(model, F.cross_entropy, opt, buffer, [task], meta,
+                                     torch.Generator().manual_seed(rep))
+            if rep:
+                times[name] = time.perf_counter() - start
+    return {"sequential_ms_per_point": 1e3 * times["sequential"] / n,
+            "batched_ms_per_point": 1e3 * times["batched"] / n}
+
+
+# -- the bare compute of a Warp-Leap meta-iteration, with no library machinery -----------------
+def _bare_params(filters: int, warped: bool) -> tuple[list[Tensor], list[Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    theta: list[Tensor] = []
+    warps: list[Tensor] = []
+    channels = 1
+    for _ in range(4):
+        theta += [torch.randn(filters, channels, 3, 3, generator=g) * 0.1,
+                  torch.zeros(filters), torch.ones(filters), torch.zeros(filters)]
+        if warped:
+            eye = torch.zeros(filters, filters, 3, 3)
+            eye[torch.arange(filters), torch.arange(filters), 1, 1] = 1.0
+            warps += [eye, torch.zeros(filters)]
+        channels = filters
+    theta += [torch.randn(N_WAY, filters, generator=g) * 0.1, torch.zeros(N_WAY)]
+    return theta, warps
+
+
+def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor) -> Tensor:
+    h = x
+    for i in range(4):
+        w, b, gamma, beta = theta[4 * i: 4 * i + 4]
+        h = F.relu(F.batch_norm(F.max_pool2d(F.conv2d(h, w, b, padding=1), 2), None, None,
+                                gamma, beta, training=True))
+        if warps:
+            h = F.conv2d(h, warps[2 * i], warps[2 * i + 1], padding=1)
+    return F.linear(h.flatten(1), theta[16], theta[17])
+
+
+def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
+                        variant: str) -> None:
+    """The forward/backward passes one Warp-Leap meta-iteration needs, on plain tensors:
+    per task ``steps`` SGD steps (forward+backward, update), then for each of the
+    ``tasks * (steps + 1)`` buffer points the inner forward+backward (``create_graph`` for
+    ``exact``), the step, the outer forward+backward into φ and φ's SGD update."""
+    theta0, warps = _bare_params(filters, True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 1, 28, 28, generator=g)
+    y = torch.randint(N_WAY, (batch_size,), generator=g)
+    points = []
+    for _ in range(tasks):
+        theta = [t.clone() for t in theta0]
+        points.append(theta)
+        for _ in range(steps):
+            theta = [t.detach().requires_grad_() for t in theta]
+            loss = F.cross_entropy(_bare_forward(theta, warps, x), y)
+            grads = torch.autograd.grad(loss, theta)
+            with torch.no_grad():
+                theta = [t - INNER_LR * d for t, d in zip(theta, grads)]
+            points.append(theta)
+    phi = [w.clone().requires_grad_() for w in warps]
+    exact = variant == "exact"
+    for point in points:
+        theta = [t.detach().requires_grad_() for t in point]
+        inner = F.cross_entropy(_bare_forward(theta, phi if exact else warps, x), y)
+        grads = torch.autograd.grad(inner, theta, create_graph=exact)
+        stepped = [t - INNER_LR * d for t, d in zip(theta, grads)]
+        outer = F.cross_entropy(_bare_forward(stepped, phi, x), y)
+        phi_grads = torch.autograd.grad(outer, phi)
+        with torch.no_grad():
+            for p, d in zip(phi, phi_grads):
+                p.sub_(INNER_LR * d)
+
+
+def case_bare(scale: Scale, variant: str) -> dict[str, float]:
+    """Figure 2's denominator: :func:`bare_meta_iteration` at the measured shapes."""
+    bare_meta_iteration(1, 1, scale.batch_size, scale.filters, variant)  # warm-up
+    return _measure(lambda: bare_meta_iteration(scale.measured_tasks, scale.steps,
+                                                scale.batch_size, scale.filters, variant))
+
+
+CASES: dict[str, Callable[..., dict[str, float]]] = {
+    "meta_iteration": case_meta_iteration,
+    "memory_vs_steps": case_memory_vs_steps,
+    "warped_step": case_warped_step,
+    "batched_objective": case_batched_objective,
+    "bare": case_bare,
+}
+
+
+def _child(kind: str, scale: Scale, args: tuple) -> dict[str, float]:
+    if scale.threads is not None:
+        torch.set_num_threads(scale.threads)
+    return CASES[kind](scale, *args)
+
+
+def run_case(kind: str, scale: Scale, *args: Any) -> dict[str, float]:
+    """Run one case in a fresh process (forkserver child) and return its figures."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    # the forkserver imports torch and this module (loading the glyphs) once; every case is a
+    # fresh fork of it, so cases share no allocator state and start in milliseconds
+    os.environ["WARPGRAD_BENCH_FORKSERVER"] = "1"
+    ctx.set_forkserver_preload(["torch", "warpgrad.bench"])
+    with ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+        return pool.submit(_child, kind, scale, args).result()
+
+
+# -- the suite ---------------------------------------------------------------------------------
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, core count, torch version and the threads the cases use."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": threads or torch.get_num_threads(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+@dataclass
+class Suite:
+    """Which figures to run (all by default) and where progress goes."""
+
+    sections: tuple[str, ...] = ("meta_iteration", "overhead", "memory_vs_steps", "warped_step",
+                                 "batched_objective")
+    log: Callable[[str], None] = field(default=lambda s: None)
+
+
+def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
+    """Run the benchmark suite at ``scale``; returns the JSON-ready results (seconds, ms, MB).
+    """
+    suite = suite or Suite()
+    log = suite.log
+    factor = scale.meta_batch / scale.measured_tasks
+    results: dict[str, Any] = {"schema": 1, "scale": asdict(scale),
+                               "machine": machine_info(scale.threads)}
+    wanted = set(suite.sections)
+    meta: dict[str, Any] = {}
+    if wanted & {"meta_iteration", "overhead"}:
+        methods = META_METHODS if "meta_iteration" in wanted else META_METHODS[:2]
+        for method in methods:
+            log(f"meta-iteration {method} ...")
+            r = run_case("meta_iteration", scale, method)
+            entry = {"measured_tasks": scale.measured_tasks,
+                     "measured_seconds": r["seconds"],
+                     "measured_peak_rss_mb": r["peak_rss_mb"],
+                     "measured_peak_growth_mb": r["peak_growth_mb"],
+                     "seconds": r["seconds"] * factor, "extrapolated": scale.extrapolated}
+            buffer_mb = 0.0
+            if method.startswith("warp") and scale.extrapolated:
+                # the offline buffer keeps (K + 1) parameter vectors per task (float32)
+                points = (scale.meta_batch - scale.measured_tasks) * (scale.steps + 1)
+                buffer_mb = points * r["num_params"] * 4 / MB
+            entry["peak_rss_mb"] = r["peak_rss_mb"] + buffer_mb
+            entry["peak_growth_mb"] = r["peak_growth_mb"] + buffer_mb
+            if scale.extrapolated:
+                entry["how"] = (
+                    f"ran {scale.measured_tasks} of {scale.meta_batch} tasks; seconds x "
+                    f"{factor:g} (every cost is per task); peak memory = measured"
+                    + (f" + {buffer_mb:.0f} MB for the other tasks' buffer points"
+                       if buffer_mb else " (per-task memory is freed between tasks)"))
+            meta[method] = entry
+            log(f"  {entry['seconds']:.2f} s, peak {entry['peak_rss_mb']:.0f} MB")
+        if "meta_iteration" in wanted:
+            results["meta_iteration"] = meta
+    if "overhead" in wanted:
+        overhead = {}
+        for variant in ("exact", "first-order"):
+            log(f"bare compute {variant} ...")
+            bare = run_case("bare", scale, variant)
+            measured = meta[f"warp-leap-{variant}"]["measured_seconds"]
+            overhead[variant] = {"meta_iteration_seconds": measured,
+                                 "bare_seconds": bare["seconds"],
+                                 "ratio": measured / bare["seconds"],
+                                 "tasks": scale.measured_tasks}
+            log(f"  ratio {overhead[variant]['ratio']:.3f}")
+        results["overhead"] = overhead
+    if "memory_vs_steps" in wanted:
+        sweep: dict[str, dict[str, Any]] = {}
+        for method in ("warpgrad-online", "warpgrad-offline", "maml"):
+            sweep[method] = {}
+            for k in scale.k_values:
+                log(f"memory {method} K={k} ...")
+                sweep[method][str(k)] = run_case("memory_vs_steps", scale, method, k)
+        results["memory_vs_steps"] = {
+            "filters": scale.k_filters, "batch_size": scale.k_batch, "meta_batch": 1,
+            "note": f"Conv4-{scale.k_filters}, batch {scale.k_batch}, one task; WarpGrad = "
+                    "warp-leap exact; MAML second order on plain Conv4",
+            "cases": sweep}
+    if "warped_step" in wanted:
+        log("warped vs plain step ...")
+        r = run_case("warped_step", scale)
+        r["ratio"] = r["warped_ms"] / r["plain_ms"]
+        results["warped_step"] = r
+    if "batched_objective" in wanted:
+        batched = {}
+        for variant in ("exact", "first-order"):
+            log(f"batched objective {variant} ...")
+            r = run_case("batched_objective", scale, variant)
+            r["ratio"] = r["batched_ms_per_point"] / r["sequential_ms_per_point"]
+            r["points"] = scale.points
+            batched[variant] = r
+        results["batched_objective"] = batched
+    results["targets"] = check_targets(results)
+    return results
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met. Speed
+    targets hold for the full protocol only, so at other scales ``met`` is ``None``."""
+    full = results["scale"]["name"] == "full"
+    targets = []
+
+    def add(name: str, value: float | None, limit: str, met: bool | None) -> None:
+        targets.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    overhead = results.get("overhead", {})
+    for variant, r in overhead.items():
+        add(f"overhead ratio ({variant})", r["ratio"], "<= 1.15", r["ratio"] <= 1.15)
+    meta = results.get("meta_iteration", {})
+    for method, limit in (("warp-leap-first-order", 370.0), ("warp-leap-exact", 500.0)):
+        if method in meta:
+            s = meta[method]["seconds"]
+            add(f"{method} meta-iteration seconds", s, f"<= {limit:g} s (original 742 s)",
+                s <= limit if full else None)
+    for method, r in meta.items():
+        add(f"{method} peak memory MB", r["peak_rss_mb"], "< 1500 MB",
+            r["peak_rss_mb"] < 1500 if full else None)
+    sweep = results.get("memory_vs_steps", {}).get("cases", {})
+    if sweep:
+        ks = sorted(sweep["warpgrad-online"], key=int)
+        lo, hi = ks[0], ks[-1]
+        online = [sweep["warpgrad-online"][k]["peak_growth_mb"] for k in (lo, hi)]
+        maml = [sweep["maml"][k]["peak_growth_mb"] for k in (lo, hi)]
+        ratio = online[1] / online[0] if online[0] > 0 else float("inf")
+        add(f"WarpGrad online peak growth K={hi} / K={lo}", ratio, "<= 1.15", ratio <= 1.15)
+        add(f"MAML peak growth K={hi} / K={lo}", maml[1] / maml[0] if maml[0] else None,
+            "> 1 (grows)", maml[1] > maml[0])
+    return targets
+
+
+# -- output ------------------------------------------------------------------------------------
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The table's rows: (figure, case, value, unit)."""
+    out: list[tuple[str, str, str, str]] = []
+    for method, r in results.get("meta_iteration", {}).items():
+        mark = " *" if r["extrapolated"] else ""
+        out.append(("meta-iteration", method, f"{r['seconds']:.2f}{mark}", "s"))
+        out.append(("meta-iteration peak RSS", method, f"{r['peak_rss_mb']:.0f}{mark}", "MB"))
+        out.append(("meta-iteration peak growth", method, f"{r['peak_growth_mb']:.0f}{mark}",
+                    "MB"))
+    for variant, r in results.get("overhead", {}).items():
+        case = f"warp-leap-{variant} ({r['tasks']} task(s))"
+        out.append(("bare compute", case, f"{r['bare_seconds']:.2f}", "s"))
+        out.append(("overhead ratio", case, f"{r['ratio']:.3f}", "x"))
+    sweep = results.get("memory_vs_steps", {}).get("cases", {})
+    for method, by_k in sweep.items():
+        for k, r in by_k.items():
+            out.append(("peak growth vs K", f"{method} K={k}", f"{r['peak_growth_mb']:.1f}",
+                        "MB"))
+            if "saved_tensor_mb" in r:
+                out.append(("autograd saved tensors vs K", f"{method} K={k}",
+                            f"{r['saved_tensor_mb']:.1f}", "MB"))
+    if "warped_step" in results:
+        r = results["warped_step"]
+        out.append(("adaptation step", "warped", f"{r['warped_ms']:.2f}", "ms"))
+        out.append(("adaptation step", "plain", f"{r['plain_ms']:.2f}", "ms"))
+        out.append(("adaptation step", "warped / plain", f"{r['ratio']:.3f}", "x"))
+    for variant, r in results.get("batched_objective", {}).items():
+        n = r["points"]
+        out.append(("objective per point", f"{variant} one at a time",
+                    f"{r['sequential_ms_per_point']:.2f}", "ms"))
+        out.append(("objective per point", f"{variant} batched ({n})",
+                    f"{r['batched_ms_per_point']:.2f}", "ms"))
+        out.append(("objective per point", f"{variant} batched / one at a time",
+                    f"{r['ratio']:.3f}", "x"))
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as markdown: machine, table, extrapolation notes and targets."""
+    m, s = results["machine"], results["scale"]
+    lines = [f"## warpgrad bench --scale {s['name']}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+             f"{m['threads']} threads, Python {m['python']}.", "",
+             f"Protocol: Conv4-{s['filters']} with 3x3 conv warps, {N_WAY}-way glyph alphabet "
+             f"tasks, batch {s['batch_size']}, K={s['steps']} SGD steps at lr {INNER_LR}, "
+             f"meta-batch {s['meta_batch']}, offline WarpGrad one point per update.", "",
+             "| figure | case | value | unit |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
+    notes: dict[str, list[str]] = {}
+    for method, r in results.get("meta_iteration", {}).items():
+        if "how" in r:
+            notes.setdefault(r["how"], []).append(method)
+    if notes:
+        lines += [""] + [f"- \\* extrapolated ({', '.join(methods)}): {how}."
+                         for how, methods in notes.items()]
+    if "memory_vs_steps" in results:
+        lines += ["", f"Peak memory vs K at small shapes: {results['memory_vs_steps']['note']}."]
+    if results.get("targets"):
+        lines += ["", "| target | value | limit | met |", "|---|---|---|---|"]
+        for t in results["targets"]:
+            value = "-" if t["value"] is None else f"{t['value']:.3f}"
+            met = {True: "yes", False: "no", None: "n/a (not full scale)"}[t["met"]]
+            lines.append(f"| {t['target']} | {value} | {t['limit']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``bench.json`` and ``bench.md`` into ``out`` (created); returns their paths."""
+    from warpgrad.experiments.checkpoint import write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "bench.json", results)
+    (out / "bench.md").write_text(markdown(results))
+    return out / "bench.json", out / "bench.md"
+
+
+def main(scale: str = "small", out: str | os.PathLike = "runs/bench", *,
+         threads: int | None = None, measured_tasks: int | None = None,
+         sections: tuple[str, ...] | None = None,
+         log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the suite, print the markdown and write ``bench.json``/``bench.md`` to ``out``."""
+    from dataclasses import replace
+
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
+    chosen = SCALES[scale]
+    if threads is not None:
+        chosen = replace(chosen, threads=threads)
+    if measured_tasks is not None:
+        chosen = replace(chosen, measured_tasks=min(measured_tasks, chosen.meta_batch))
+    suite = Suite(log=log) if sections is None else Suite(tuple(sections), log)
+    results = run_suite(chosen, suite)
+    log(markdown(results))
+    json_path, md_path = write_results(results, out)
+    log(f"wrote {json_path} and {md_path}")
+    return results
