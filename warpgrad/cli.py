@@ -95,28 +95,25 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
         for name in registry.experiment_names():
             click.echo(name)
         return
-    if show_config:
+    if resume is None:
         name = experiment or DEFAULT_EXPERIMENT
         methods = None if method is None else [m.strip() for m in method.split(",")]
         kind, config = registry.load_experiment(name, overrides, methods=methods,
                                                 data_root=data_root, device=device)
-        click.echo(yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False), nl=False)
-        return
-    if resume is not None:
+        if show_config:
+            click.echo(yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False),
+                       nl=False)
+            return
+        run_dir = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists():
+            raise ConfigError(f"run directory {run_dir} already exists; use --resume {run_dir} "
+                              "to continue it, or another --out")
+    else:
         if experiment or overrides or method or out or data_root or device:
             raise ConfigError("--resume continues a run with its recorded config; give only "
                               "the run directory")
         name, kind, config = registry.load_run(resume)
         run_dir = resume
-    else:
-        name = experiment or DEFAULT_EXPERIMENT
-        methods = None if method is None else [m.strip() for m in method.split(",")]
-        kind, config = registry.load_experiment(name, overrides, methods=methods,
-                                                data_root=data_root, device=device)
-        run_dir = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if run_dir.exists():
-            raise ConfigError(f"run directory {run_dir} already exists; use --resume {run_dir} "
-                              "to continue it, or another --out")
     if getattr(config, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but CUDA is not available here; use cpu")
     if threads is not None:

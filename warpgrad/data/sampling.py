@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._stats import mean_ci
 from ..tasks.base import Task, Transform
 from .augment import RandomAffine
 from .dataset import ClassDataset
@@ -265,6 +266,6 @@ def nearest_neighbour_accuracy(
         query = task.x_test.flatten(1)
         nearest = torch.cdist(query, support).argmin(dim=1)
         accs.append((task.y_train[nearest] == task.y_test).float().mean().item())
-    a = np.asarray(accs)
-    return float(a.mean()), float(1.96 * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
+    summary = mean_ci(accs)
+    return summary["mean"], summary["ci95"]
 

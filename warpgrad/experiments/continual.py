@@ -51,11 +51,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from warpgrad._stats import mean_ci
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
 from warpgrad.engine.adapt import StepRecord
 from warpgrad.experiments.checkpoint import write_json
 from warpgrad.experiments.run import environment
-from warpgrad.experiments.training import mean_ci
 from warpgrad.experiments.training import meta_train as train_loop
 from warpgrad.models import mlp
 from warpgrad.tasks.continual import ContinualTask, continual_sine_tasks

@@ -39,9 +39,10 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
+from warpgrad._stats import mean_ci
 from warpgrad.experiments.checkpoint import load_checkpoint, save_checkpoint, write_json
 from warpgrad.experiments.run import environment
-from warpgrad.experiments.training import mean_ci, write_metrics
+from warpgrad.experiments.training import write_metrics
 from warpgrad.rl import (
     A2C,
     AGENTS,

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from warpgrad._files import atomic_write
+from warpgrad._stats import mean_ci
 from warpgrad.algorithms import MetaLearner
 from warpgrad.experiments.checkpoint import load_checkpoint, save_checkpoint
 from warpgrad.tasks.base import Task
@@ -100,15 +101,6 @@ def evaluate(learner: MetaLearner, tasks: Sequence[Task], *, seed: int, steps: i
                 for task in tqdm(tasks, desc=desc, disable=not progress, leave=False,
                                  file=sys.stderr, dynamic_ncols=True)]
     return {key: mean_ci([m[key] for m in per_task]) for key in per_task[0]}
-
-
-def mean_ci(values: Sequence[float]) -> dict[str, float]:
-    """Mean and half-width of the normal-approximation 95% confidence interval, as the
-    meta-learning papers report (1.96 standard errors)."""
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
-    return {"mean": mean, "ci95": 1.96 * math.sqrt(var / n), "n": n}
 
 
 def write_metrics(path: Path, history: Sequence[dict[str, float]], first: str = "iteration"

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from warpgrad.tasks.base import Batch, Task
+from warpgrad.tasks.sine import uniform
 
 
 class ContinualTask(Task):
@@ -155,8 +156,8 @@ def continual_sine_task(
             raise ValueError(f"{name} must be (low, high) with low <= high, got {(low, high)}")
     if x_range[0] == x_range[1]:
         raise ValueError(f"x_range must have positive width, got {x_range}")
-    a = amplitude[0] + (amplitude[1] - amplitude[0]) * torch.rand(1, generator=generator)
-    b = phase[0] + (phase[1] - phase[0]) * torch.rand(1, generator=generator)
+    a = uniform(generator, *amplitude, 1)
+    b = uniform(generator, *phase, 1)
     width = (x_range[1] - x_range[0]) / subtasks
     starts = x_range[0] + width * torch.arange(subtasks, dtype=torch.float32)
 

@@ -27,9 +27,9 @@ def sine_task(
     the held-out points (the query set)."""
     if shots < 1 or test_shots < 1:
         raise ValueError(f"shots and test_shots must be positive, got {shots}, {test_shots}")
-    a = _uniform(generator, *amplitude, 1)
-    b = _uniform(generator, *phase, 1)
-    x = _uniform(generator, *x_range, shots + test_shots).unsqueeze(1)
+    a = uniform(generator, *amplitude, 1)
+    b = uniform(generator, *phase, 1)
+    x = uniform(generator, *x_range, shots + test_shots).unsqueeze(1)
     y = a * torch.sin(x - b)
     x, y = x.to(device), y.to(device)
     return Task(x[:shots], y[:shots], x[shots:], y[shots:])
@@ -40,5 +40,6 @@ def sine_tasks(n: int, generator: torch.Generator, **kwargs) -> list[Task]:
     return [sine_task(generator, **kwargs) for _ in range(n)]
 
 
-def _uniform(generator: torch.Generator, low: float, high: float, n: int) -> torch.Tensor:
+def uniform(generator: torch.Generator, low: float, high: float, n: int) -> torch.Tensor:
+    """``[n]`` draws from U[low, high) (float32, CPU) from ``generator``."""
     return low + (high - low) * torch.rand(n, generator=generator)
