@@ -82,6 +82,20 @@ def test_ratios_agree_with_the_times_they_come_from(small):
     assert targets["warp-leap-exact meta-iteration seconds"]["met"] is None
 
 
+def test_switch_ladder_is_measured_rung_by_rung(small):
+    results, out, _ = small
+    labels = [label for label, _ in bench.SWITCH_LADDER]
+    for variant in ("first-order", "exact"):
+        rungs = results["switches"][variant]
+        assert [r["label"] for r in rungs] == labels
+        assert rungs[0]["speedup"] == 1.0
+        for r in rungs:
+            assert r["task_seconds"] > 0
+            assert r["seconds"] == pytest.approx(r["task_seconds"] * 2)  # meta-batch 2
+            assert r["speedup"] == pytest.approx(rungs[0]["task_seconds"] / r["task_seconds"])
+        assert f"| switches | warp-leap-{variant}: + bf16 |" in (out / "bench.md").read_text()
+
+
 def test_maml_memory_grows_with_k(small):
     results, _, _ = small
     cases = results["memory_vs_steps"]["cases"]
@@ -118,17 +132,34 @@ def test_json_and_markdown_are_written_and_list_every_case(small):
     assert results["machine"]["cpu"] in text
 
 
-def test_bare_forward_is_the_library_network():
+@pytest.mark.parametrize("switches", [{"channels_last": True}, {"channels_last": False},
+                                      {"channels_last": True, "precision": "bf16"}])
+def test_bare_forward_is_the_library_network(switches, monkeypatch):
+    monkeypatch.setattr(bench, "_SWITCHES", dict(switches))
     model = bench._model(8, True)
+    assert model.channels_last == switches["channels_last"]
+    assert model.precision == switches.get("precision", "fp32")
     theta = list(model.task_parameters().values())
     warps = list(model.warp_parameters().values())
     x = torch.rand(5, 1, 28, 28)
-    assert torch.allclose(bench._bare_forward(theta, warps, x), model(x), atol=1e-5)
+    atol = 1e-5 if model.precision == "fp32" else 0.0  # the same bf16 ops: the same rounding
+    assert torch.allclose(bench._bare_forward(theta, warps, x), model(x), atol=atol)
     plain = bench._model(8, False)
     assert torch.allclose(bench._bare_forward(list(plain.task_parameters().values()), [], x),
-                          plain(x), atol=1e-5)
+                          plain(x), atol=atol)
     bench.bare_meta_iteration(1, 2, 4, 4, "exact")  # runs on plain tensors
     bench.bare_meta_iteration(1, 2, 4, 4, "first-order")
+
+
+@pytest.mark.parametrize("buffer,value_bytes", [("memory", 4), ("float16", 2), ("disk", 0)])
+def test_extrapolated_memory_counts_the_buffer_where_it_lives(buffer, value_bytes, monkeypatch):
+    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: {
+        "seconds": 2.0, "peak_rss_mb": 400.0, "peak_growth_mb": 100.0, "num_params": 1000})
+    scale = replace(bench.SCALES["full"], measured_tasks=2, buffer=buffer)
+    meta = bench.run_suite(scale, bench.Suite(("meta_iteration",)))["meta_iteration"]
+    extra = 18 * 101 * 1000 * value_bytes / 1e6
+    assert meta["warp-leap-exact"]["peak_rss_mb"] == pytest.approx(400.0 + extra)
+    assert meta["leap"]["peak_rss_mb"] == pytest.approx(400.0)
 
 
 def test_extrapolation_is_labelled_and_scales_per_task(monkeypatch):
@@ -169,3 +200,13 @@ def test_cli_bench_rejects_unknown_figures_and_writes_results(tmp_path, monkeypa
     assert "| adaptation step | warped / plain | 1.500 | x |" in result.output
     saved = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert saved["warped_step"]["ratio"] == pytest.approx(1.5)
+    seen = []
+    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: seen.append(scale) or {
+        "warped_ms": 3.0, "plain_ms": 2.0})
+    result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
+                                       str(tmp_path / "c"), "--precision", "bf16", "--buffer",
+                                       "disk", "--no-channels-last", "--no-tune-malloc"])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].precision, seen[0].buffer) == ("bf16", "disk")
+    assert seen[0].channels_last is False and seen[0].tune_malloc is False
+    assert "precision bf16, buffer disk" in result.output

@@ -58,10 +58,12 @@ def test_detached_adaptation_keeps_no_graph_and_differentiable_one_does():
     assert live.theta.grad_fn is not None
 
 
-def test_buffer_records_the_whole_trajectory_with_optimiser_state():
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_buffer_records_the_whole_trajectory_with_optimiser_state(on_disk, tmp_path):
     model = tiny_warped_mlp()
     opt = InnerSGD(model.task_spec, 0.3, momentum=0.5, dtype=torch.float64)
-    buffer = ReplayBuffer(2 * 5, model.task_spec.numel, with_state=True, dtype=torch.float64)
+    buffer = ReplayBuffer(2 * 5, model.task_spec.numel, with_state=True, dtype=torch.float64,
+                          on_disk=on_disk, directory=tmp_path)
     seen = []
 
     class Spy:
@@ -85,6 +87,13 @@ def test_buffer_records_the_whole_trajectory_with_optimiser_state():
     torch.testing.assert_close(points.thetas[1] - points.thetas[2], 0.3 * points.states[2])
     with pytest.raises(RuntimeError, match="full"):
         buffer.add(points.thetas[0], None, 0, 0)
+    if on_disk:
+        assert buffer.memory_bytes == 0
+        assert not list(tmp_path.iterdir())  # an anonymous file: nothing is left behind
+        shuffled = torch.tensor([7, 2, 9])
+        assert torch.equal(buffer.gather(shuffled).thetas, points.thetas[shuffled])
+    else:
+        assert buffer.memory_bytes == 2 * 10 * model.task_spec.numel * 8
 
 
 def test_buffer_stride_subsamples_and_keeps_the_end_point():
@@ -96,14 +105,16 @@ def test_buffer_stride_subsamples_and_keeps_the_end_point():
     assert buffer.step[: len(buffer)].tolist() == [0, 3, 6, 7]
 
 
-def test_half_precision_buffer_halves_memory_and_restores_dtype():
-    buffer = ReplayBuffer(4, 100, storage_dtype=torch.float16)
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_half_precision_buffer_halves_memory_and_restores_dtype(on_disk):
+    buffer = ReplayBuffer(4, 100, storage_dtype=torch.float16, on_disk=on_disk)
     theta = torch.randn(100)
     buffer.add(theta, None, 0, 0)
-    assert buffer.thetas.element_size() == 2
+    assert buffer.memory_bytes == (0 if on_disk else 4 * 100 * 2)
     got = buffer.gather(torch.tensor([0])).thetas[0]
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, theta, atol=1e-2, rtol=1e-3)
+    assert torch.equal(got, theta.half().float())
 
 
 def test_inner_sgd_granularities_and_errors():

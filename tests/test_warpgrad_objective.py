@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from tests.helpers import finite_difference, regression_task, tiny_warped_mlp
 from warpgrad import InnerSGD, WarpGrad, adapt, conv4
 from warpgrad.engine import ReplayBuffer
+from warpgrad.engine.buffer import Points
 from warpgrad.tasks import Task
 
 
@@ -147,11 +148,17 @@ def test_batched_points_match_one_at_a_time(variant):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_batched_points_match_on_conv4_with_batch_norm():
-    """vmap must keep each point's own batch statistics (BN over its own batch)."""
+@pytest.mark.parametrize("variant", ["first-order", "exact"])
+def test_batched_points_match_on_conv4_with_batch_norm(variant, monkeypatch):
+    """vmap must keep each point's own batch statistics (BN over its own batch). The exact
+    variant of a batch-norm model does not use vmap (see the next test)."""
+    calls = []
+    vmap = torch.func.vmap
+    monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: calls.append(1) or vmap(*a, **k))
     torch.manual_seed(0)
+    # the same memory layout on both sides (vmap runs NCHW); channels-last has its own tests
     model = conv4(5, image_size=28, filters=8, warp="conv3x3", warp_batch_norm=True,
-                  warp_activation="relu")
+                  warp_activation="relu", channels_last=False)
     gen = torch.Generator().manual_seed(0)
     tasks = [Task(torch.rand(10, 1, 28, 28, generator=gen), torch.arange(10) % 5,
                   torch.rand(5, 1, 28, 28, generator=gen), torch.arange(5), batch_size=6,
@@ -164,11 +171,44 @@ def test_batched_points_match_on_conv4_with_batch_norm():
     points = buffer.gather(torch.arange(6))
     grads = {}
     for batched in (False, True):
-        loss = WarpGrad("exact", batched=batched).points_loss(
+        loss = WarpGrad(variant, batched=batched).points_loss(
             model, F.cross_entropy, opt, points, tasks, torch.Generator().manual_seed(3))
         grads[batched] = torch.autograd.grad(loss, _phi(model))
     for a, b in zip(grads[False], grads[True]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert bool(calls) == (variant == "first-order")
+
+
+def test_exact_batched_objective_with_batch_norm_matches_finite_differences():
+    """PyTorch's vmap got batch norm's second-order gradient wrong here (2e-3 off finite
+    differences, float64): batched=True must still give the true exact gradient."""
+    torch.manual_seed(0)
+    model = conv4(3, filters=8, warp_blocks=(1,), channels_last=False).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(18, 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.arange(3).repeat_interleave(6)
+    task = Task(x[::2], y[::2], x[1::2], y[1::2], batch_size=8)
+    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
+    thetas = torch.stack([model.init_theta().detach() + 0.01 * torch.randn(
+        model.task_spec.numel, dtype=torch.float64) for _ in range(3)])
+    points = Points(thetas, None, torch.zeros(3, dtype=torch.long), torch.arange(3))
+
+    def loss() -> torch.Tensor:
+        return WarpGrad("exact", batched=True).points_loss(
+            model, F.cross_entropy, opt, points, [task], torch.Generator().manual_seed(1))
+
+    weight = model.warp_parameters()["warp1.map.weight"]
+    (grad,) = torch.autograd.grad(loss(), [weight])
+    flat = weight.data.view(-1)
+    for index in torch.randperm(flat.numel(), generator=g)[:4].tolist():
+        original = flat[index].item()
+        values = []
+        for sign in (1, -1):
+            flat[index] = original + sign * 1e-6
+            values.append(loss().item())
+        flat[index] = original
+        fd = (values[0] - values[1]) / 2e-6
+        assert abs(grad.view(-1)[index].item() - fd) < 1e-6 * max(1.0, abs(fd)), (index, fd)
 
 
 def test_invalid_options_are_rejected_with_clear_errors():

@@ -7,8 +7,10 @@ The public API::
     WarpGrad, Leap, Reptile, MAML                         # the objectives
     Task, sine_task                                       # tasks
     adapt, InnerSGD, ReplayBuffer                         # the inner-loop engine
+    tune_allocator                                        # CPU speed: reuse freed memory
 """
 
+from warpgrad._alloc import tune_allocator
 from warpgrad.algorithms import (
     MAML,
     METHODS,
@@ -42,6 +44,7 @@ __all__ = [
     "mlp",
     "sine_task",
     "sine_tasks",
+    "tune_allocator",
     "warp_stack",
     "warped_lstm",
 ]

@@ -16,6 +16,8 @@ Run it as ``warpgrad bench [--scale full|small] [--out DIR]`` or
 4. ``warped_step``: one warped adaptation step versus one plain step (ms, ratio).
 5. ``batched_objective``: the meta-objective per buffer point, batched with vmap versus one
    point at a time (ms per point, ratio).
+6. ``switches``: the Warp-Leap meta-iteration as the speed switches are turned on one by one
+   (default malloc and NCHW, tuned malloc, channels-last, bf16), with each rung's speed-up.
 
 Every measured case runs in a fresh process (a forkserver child), so neither its time nor its
 peak memory is contaminated by another case. Memory is the process's peak resident set size
@@ -54,6 +56,9 @@ class Scale:
     ``steps``: K; ``batch_size``, ``filters``: batch and Conv4 width; ``step_reps``: steps
     timed per case of figure 4; ``points``: buffer points of figure 5; ``k_values``,
     ``k_filters``, ``k_batch``: adaptation lengths and shapes of figure 3 (meta-batch 1).
+    The switches every case uses: ``threads``, ``channels_last``, ``precision`` (``fp32`` or
+    ``bf16``), ``buffer`` (the offline replay buffer: ``memory``, ``float16`` or ``disk``) and
+    ``tune_malloc`` (:func:`warpgrad.tune_allocator`).
     """
 
     name: str
@@ -68,6 +73,10 @@ class Scale:
     k_filters: int
     k_batch: int
     threads: int | None = None
+    channels_last: bool = True
+    precision: str = "fp32"
+    buffer: str = "memory"
+    tune_malloc: bool = True
 
     @property
     def extrapolated(self) -> bool:
@@ -134,11 +143,17 @@ def _tasks(scale: Scale, batch_size: int, n: int) -> list:
     return [tasks[i % len(tasks)] for i in range(n)]
 
 
+_SWITCHES: dict[str, Any] = {}
+"""The running case's :class:`Scale` switches (set in the case's process by ``_child``)."""
+
+
 def _model(filters: int, warped: bool = True):
     from warpgrad.models.backbones import conv4
 
     torch.manual_seed(0)
-    return conv4(N_WAY, filters=filters, warp="conv3x3" if warped else None)
+    return conv4(N_WAY, filters=filters, warp="conv3x3" if warped else None,
+                 channels_last=_SWITCHES.get("channels_last", True),
+                 precision=_SWITCHES.get("precision", "fp32"))
 
 
 def _learner(method: str, model, steps: int, regime: str = "offline"):
@@ -147,8 +162,11 @@ def _learner(method: str, model, steps: int, regime: str = "offline"):
 
     if method.startswith("warp-leap-"):
         variant = method.removeprefix("warp-leap-")
+        buffer = _SWITCHES.get("buffer", "memory")
+        warp = WarpGrad(variant, regime, points_per_update=1, buffer_on_disk=buffer == "disk",
+                        buffer_dtype=torch.float16 if buffer == "float16" else None)
         return make_learner("warp-leap", model, F.cross_entropy, steps=steps, inner_lr=INNER_LR,
-                            warp=WarpGrad(variant, regime, points_per_update=1))
+                            warp=warp)
     return make_learner(method, model, F.cross_entropy, steps=steps, inner_lr=INNER_LR)
 
 
@@ -287,26 +305,42 @@ def _bare_params(filters: int, warped: bool) -> tuple[list[Tensor], list[Tensor]
 
 
 def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor) -> Tensor:
-    h = x
-    for i in range(4):
-        w, b, gamma, beta = theta[4 * i: 4 * i + 4]
-        h = F.relu(F.batch_norm(F.max_pool2d(F.conv2d(h, w, b, padding=1), 2), None, None,
-                                gamma, beta, training=True))
-        if warps:
-            h = F.conv2d(h, warps[2 * i], warps[2 * i + 1], padding=1)
-    return F.linear(h.flatten(1), theta[16], theta[17])
+    """Conv4 on plain tensors, with the case's layout and precision switches (and, in
+    channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy)."""
+    from warpgrad.models.warped import to_channels_last
+
+    nhwc = _SWITCHES.get("channels_last", True)
+    h = to_channels_last(x) if nhwc else x
+    with torch.autocast("cpu", dtype=torch.bfloat16,
+                        enabled=_SWITCHES.get("precision", "fp32") == "bf16"):
+        for i in range(4):
+            w, b, gamma, beta = theta[4 * i: 4 * i + 4]
+            h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
+            if nhwc:
+                h = F.batch_norm(h.contiguous(), None, None, gamma, beta, training=True
+                                 ).contiguous(memory_format=torch.channels_last)
+            else:
+                h = F.batch_norm(h, None, None, gamma, beta, training=True)
+            h = F.relu(h)
+            if warps:
+                h = F.conv2d(h, warps[2 * i], warps[2 * i + 1], padding=1)
+        out = F.linear(h.flatten(1), theta[16], theta[17])
+    return out.float()
 
 
 def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
-                        variant: str) -> None:
+                        variant: str, batch: tuple[Tensor, Tensor] | None = None) -> None:
     """The forward/backward passes one Warp-Leap meta-iteration needs, on plain tensors:
     per task ``steps`` SGD steps (forward+backward, update), then for each of the
     ``tasks * (steps + 1)`` buffer points the inner forward+backward (``create_graph`` for
-    ``exact``), the step, the outer forward+backward into φ and φ's SGD update."""
+    ``exact``), the step, the outer forward+backward into φ and φ's SGD update. Every pass
+    uses the one ``batch`` (default: uniform noise of ``batch_size`` 28x28 images)."""
     theta0, warps = _bare_params(filters, True)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, 1, 28, 28, generator=g)
-    y = torch.randint(N_WAY, (batch_size,), generator=g)
+    if batch is None:
+        batch = (torch.rand(batch_size, 1, 28, 28, generator=g),
+                 torch.randint(N_WAY, (batch_size,), generator=g))
+    x, y = batch
     points = []
     for _ in range(tasks):
         theta = [t.clone() for t in theta0]
@@ -334,9 +368,11 @@ def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
 
 def case_bare(scale: Scale, variant: str) -> dict[str, float]:
     """Figure 2's denominator: :func:`bare_meta_iteration` at the measured shapes."""
-    bare_meta_iteration(1, 1, scale.batch_size, scale.filters, variant)  # warm-up
+    # a real glyph batch: some kernels' speed depends on the data (e.g. NCHW max-pooling)
+    batch = _tasks(scale, scale.batch_size, 1)[0].train_batch(torch.Generator().manual_seed(0))
+    bare_meta_iteration(1, 1, scale.batch_size, scale.filters, variant, batch)  # warm-up
     return _measure(lambda: bare_meta_iteration(scale.measured_tasks, scale.steps,
-                                                scale.batch_size, scale.filters, variant))
+                                                scale.batch_size, scale.filters, variant, batch))
 
 
 CASES: dict[str, Callable[..., dict[str, float]]] = {
@@ -349,6 +385,12 @@ CASES: dict[str, Callable[..., dict[str, float]]] = {
 
 
 def _child(kind: str, scale: Scale, args: tuple) -> dict[str, float]:
+    from warpgrad._alloc import tune_allocator
+
+    if scale.tune_malloc:
+        tune_allocator()
+    _SWITCHES.update(channels_last=scale.channels_last, precision=scale.precision,
+                     buffer=scale.buffer)
     if scale.threads is not None:
         torch.set_num_threads(scale.threads)
     return CASES[kind](scale, *args)
@@ -389,7 +431,7 @@ class Suite:
     """Which figures to run (all by default) and where progress goes."""
 
     sections: tuple[str, ...] = ("meta_iteration", "overhead", "memory_vs_steps", "warped_step",
-                                 "batched_objective")
+                                 "batched_objective", "switches")
     log: Callable[[str], None] = field(default=lambda s: None)
 
 
@@ -415,9 +457,10 @@ def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
                      "seconds": r["seconds"] * factor, "extrapolated": scale.extrapolated}
             buffer_mb = 0.0
             if method.startswith("warp") and scale.extrapolated:
-                # the offline buffer keeps (K + 1) parameter vectors per task (float32)
+                # the offline buffer keeps (K + 1) parameter vectors per task, in memory
                 points = (scale.meta_batch - scale.measured_tasks) * (scale.steps + 1)
-                buffer_mb = points * r["num_params"] * 4 / MB
+                value_bytes = {"memory": 4, "float16": 2, "disk": 0}[scale.buffer]
+                buffer_mb = points * r["num_params"] * value_bytes / MB
             entry["peak_rss_mb"] = r["peak_rss_mb"] + buffer_mb
             entry["peak_growth_mb"] = r["peak_growth_mb"] + buffer_mb
             if scale.extrapolated:
@@ -468,8 +511,40 @@ def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
             r["points"] = scale.points
             batched[variant] = r
         results["batched_objective"] = batched
+    if "switches" in wanted:
+        results["switches"] = _switches(scale, log)
     results["targets"] = check_targets(results)
     return results
+
+
+SWITCH_LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("NCHW, default malloc", {"channels_last": False, "tune_malloc": False}),
+    ("+ tuned malloc", {"channels_last": False, "tune_malloc": True}),
+    ("+ channels-last (default)", {"channels_last": True, "tune_malloc": True}),
+    ("+ bf16", {"channels_last": True, "tune_malloc": True, "precision": "bf16"}),
+)
+"""Figure 6: the speed switches, added one at a time (fp32 unless stated)."""
+
+
+def _switches(scale: Scale, log: Callable[[str], None]) -> dict[str, Any]:
+    """Figure 6: the Warp-Leap meta-iteration (one task, extrapolated to the meta-batch) under
+    each rung of :data:`SWITCH_LADDER`, and its speed-up over the first rung, same run."""
+    from dataclasses import replace
+
+    out: dict[str, Any] = {}
+    for variant in ("first-order", "exact"):
+        rungs = []
+        for label, switches in SWITCH_LADDER:
+            log(f"switches {variant}: {label} ...")
+            rung = replace(scale, measured_tasks=1, **{"precision": "fp32", **switches})
+            r = run_case("meta_iteration", rung, f"warp-leap-{variant}")
+            rungs.append({"label": label, "switches": switches,
+                          "task_seconds": r["seconds"],
+                          "seconds": r["seconds"] * scale.meta_batch,
+                          "speedup": rungs[0]["task_seconds"] / r["seconds"] if rungs else 1.0})
+            log(f"  {r['seconds']:.2f} s per task")
+        out[variant] = rungs
+    return out
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -493,6 +568,11 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for method, r in meta.items():
         add(f"{method} peak memory MB", r["peak_rss_mb"], "< 1500 MB",
             r["peak_rss_mb"] < 1500 if full else None)
+    for variant, rungs in results.get("switches", {}).items():
+        limit = {"first-order": 370.0, "exact": 500.0}[variant]
+        for rung in rungs[-1:]:  # the fastest rung: all switches on
+            add(f"warp-leap-{variant} meta-iteration seconds, {rung['label']}", rung["seconds"],
+                f"<= {limit:g} s", rung["seconds"] <= limit if full else None)
     sweep = results.get("memory_vs_steps", {}).get("cases", {})
     if sweep:
         ks = sorted(sweep["warpgrad-online"], key=int)
@@ -533,6 +613,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append(("adaptation step", "warped", f"{r['warped_ms']:.2f}", "ms"))
         out.append(("adaptation step", "plain", f"{r['plain_ms']:.2f}", "ms"))
         out.append(("adaptation step", "warped / plain", f"{r['ratio']:.3f}", "x"))
+    for variant, rungs in results.get("switches", {}).items():
+        for rung in rungs:
+            case = f"warp-leap-{variant}: {rung['label']}"
+            out.append(("switches", case, f"{rung['seconds']:.1f} *", "s"))
+            out.append(("switches speed-up", case, f"{rung['speedup']:.2f}", "x"))
     for variant, r in results.get("batched_objective", {}).items():
         n = r["points"]
         out.append(("objective per point", f"{variant} one at a time",
@@ -552,7 +637,10 @@ def markdown(results: dict[str, Any]) -> str:
              f"{m['threads']} threads, Python {m['python']}.", "",
              f"Protocol: Conv4-{s['filters']} with 3x3 conv warps, {N_WAY}-way glyph alphabet "
              f"tasks, batch {s['batch_size']}, K={s['steps']} SGD steps at lr {INNER_LR}, "
-             f"meta-batch {s['meta_batch']}, offline WarpGrad one point per update.", "",
+             f"meta-batch {s['meta_batch']}, offline WarpGrad one point per update. Switches: "
+             f"channels-last {'on' if s.get('channels_last', True) else 'off'}, precision "
+             f"{s.get('precision', 'fp32')}, buffer {s.get('buffer', 'memory')}, malloc "
+             f"{'tuned' if s.get('tune_malloc', True) else 'default'}.", "",
              "| figure | case | value | unit |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
     notes: dict[str, list[str]] = {}
@@ -564,6 +652,9 @@ def markdown(results: dict[str, Any]) -> str:
                          for how, methods in notes.items()]
     if "memory_vs_steps" in results:
         lines += ["", f"Peak memory vs K at small shapes: {results['memory_vs_steps']['note']}."]
+    if "switches" in results:
+        lines += ["", "Switches (\\*): one task measured per rung, seconds x the meta-batch; "
+                  "speed-up over the first rung, measured in the same run."]
     if results.get("targets"):
         lines += ["", "| target | value | limit | met |", "|---|---|---|---|"]
         for t in results["targets"]:
@@ -586,14 +677,21 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> tuple[Path
 
 def main(scale: str = "small", out: str | os.PathLike = "runs/bench", *,
          threads: int | None = None, measured_tasks: int | None = None,
-         sections: tuple[str, ...] | None = None,
+         sections: tuple[str, ...] | None = None, channels_last: bool = True,
+         precision: str = "fp32", buffer: str = "memory", tune_malloc: bool = True,
          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the suite, print the markdown and write ``bench.json``/``bench.md`` to ``out``."""
+    """Run the suite, print the markdown and write ``bench.json``/``bench.md`` to ``out``.
+    The switches apply to every figure except figure 6, which varies them itself."""
     from dataclasses import replace
 
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
-    chosen = SCALES[scale]
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; expected 'fp32' or 'bf16'")
+    if buffer not in ("memory", "float16", "disk"):
+        raise ValueError(f"unknown buffer {buffer!r}; expected 'memory', 'float16' or 'disk'")
+    chosen = replace(SCALES[scale], channels_last=channels_last, precision=precision,
+                     buffer=buffer, tune_malloc=tune_malloc)
     if threads is not None:
         chosen = replace(chosen, threads=threads)
     if measured_tasks is not None:

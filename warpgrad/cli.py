@@ -18,6 +18,7 @@ import click
 import torch
 import yaml
 
+from warpgrad._alloc import tune_allocator
 from warpgrad.data.errors import DataError
 from warpgrad.experiments import registry
 from warpgrad.experiments.registry import DEFAULT_EXPERIMENT, ConfigError
@@ -56,6 +57,7 @@ def main() -> None:
     warpgrad report RUN_DIR...          side-by-side table and plot of runs
     warpgrad data check EXPERIMENT      are the experiment's files there and readable?
     """
+    tune_allocator()
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -216,21 +218,33 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
 @click.option("--tasks", type=click.IntRange(min=1),
               help="tasks of the meta-batch actually run (default: 1 at full scale, all at small)")
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
-              "memory_vs_steps, warped_step, batched_objective (default: all)")
-def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: str | None
-          ) -> None:
+              "memory_vs_steps, warped_step, batched_objective, switches (default: all)")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="Conv4 on channels-last (NHWC) data")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True, help="forward/backward precision (bf16: autocast)")
+@click.option("--buffer", type=click.Choice(["memory", "float16", "disk"]), default="memory",
+              show_default=True, help="where the offline replay buffer keeps its points")
+@click.option("--tune-malloc/--no-tune-malloc", default=True, show_default=True,
+              help="let glibc reuse freed memory (warpgrad.tune_allocator)")
+def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: str | None,
+          channels_last: bool, precision: str, buffer: str, tune_malloc: bool) -> None:
     """Benchmark one meta-iteration: seconds, peak memory, overhead over bare compute.
 
     Prints a markdown table and writes OUT/bench.json and OUT/bench.md (see BENCHMARKS.md).
+    The switches apply to every figure but "switches", which turns them on one by one.
     """
     from warpgrad.bench import main as run_bench
 
     sections = None if only is None else tuple(s.strip() for s in only.split(","))
-    known = {"meta_iteration", "overhead", "memory_vs_steps", "warped_step", "batched_objective"}
+    known = {"meta_iteration", "overhead", "memory_vs_steps", "warped_step", "batched_objective",
+             "switches"}
     if sections is not None and not set(sections) <= known:
         _fail(f"unknown figure(s) {sorted(set(sections) - known)}; expected any of "
               f"{sorted(known)}")
     run_bench(scale, out, threads=threads, measured_tasks=tasks, sections=sections,
+              channels_last=channels_last, precision=precision, buffer=buffer,
+              tune_malloc=tune_malloc,
               log=lambda line: click.echo(line, err=not line.startswith("## ")))
 
 

@@ -192,7 +192,8 @@ class MetaLearner:
             buffer = ReplayBuffer(len(tasks) * warp.points_per_task(self.steps),
                                   model.task_spec.numel, with_state=self.optimizer.has_state,
                                   device=next(model.parameters()).device,
-                                  dtype=next(model.parameters()).dtype)
+                                  dtype=next(model.parameters()).dtype,
+                                  storage_dtype=warp.buffer_dtype, on_disk=warp.buffer_on_disk)
         differentiable = init is not None and init.differentiable
         theta0_grad = None
         warp_losses: list[float] = []

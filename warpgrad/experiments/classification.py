@@ -38,6 +38,7 @@ from warpgrad.data import (
     split_by_alphabet,
 )
 from warpgrad.models import conv4
+from warpgrad.models.warped import PRECISIONS
 from warpgrad.tasks import Task
 
 DATASETS = ("glyphs", "omniglot", "mini-imagenet", "tiered-imagenet")
@@ -91,6 +92,11 @@ class ClassificationConfig:
     warp_epochs: int = 1
     point_stride: int = 1
     batched: bool = False
+    buffer_dtype: str = "float32"
+    buffer_on_disk: bool = False
+    # speed switches (BENCHMARKS.md): channels-last is the same computation, bf16 is not
+    channels_last: bool = True
+    precision: str = "fp32"
     # evaluation and bookkeeping
     eval_tasks: int = 600
     checkpoint_every: int = 10
@@ -105,6 +111,8 @@ class ClassificationConfig:
         _choice("warp", self.warp, ("scale", "linear", "conv3x3"))
         _choice("warp_activation", self.warp_activation, ("none", "relu", "leaky_relu", "tanh"))
         _choice("batch_norm", self.batch_norm, ("batch", "running"))
+        _choice("buffer_dtype", self.buffer_dtype, ("float32", "float16", "bfloat16"))
+        _choice("precision", self.precision, PRECISIONS)
         for name in ("n_way", "k_shot", "train_shots", "test_shots", "batch_size",
                      "n_train_tasks", "n_test_tasks", "image_size", "filters", "warp_depth",
                      "steps", "eval_steps", "iterations", "meta_batch", "points_per_update",
@@ -213,10 +221,11 @@ class ClassificationExperiment:
             warp=c.warp if spec.needs_warps else None, warp_depth=c.warp_depth,
             warp_batch_norm=c.warp_batch_norm, warp_residual=c.warp_residual,
             warp_activation=None if c.warp_activation == "none" else c.warp_activation,
-            batch_norm=c.batch_norm)
+            batch_norm=c.batch_norm, channels_last=c.channels_last, precision=c.precision)
         warp = (WarpGrad(c.warp_variant, c.warp_regime, epochs=c.warp_epochs,
                          points_per_update=c.points_per_update, stride=c.point_stride,
-                         batched=c.batched) if spec.warp else None)
+                         batched=c.batched, buffer_dtype=getattr(torch, c.buffer_dtype),
+                         buffer_on_disk=c.buffer_on_disk) if spec.warp else None)
         return make_learner(method, model.to(c.device), F.cross_entropy, steps=c.steps,
                             warp=warp, inner_lr=c.inner_lr, momentum=c.momentum,
                             warp_lr=c.warp_lr, init_lr=c.init_lr,

@@ -10,10 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """``x [N, C, H, W]`` in the channels-last (NHWC) memory layout, same values.
+
+    For ``C == 1`` the NCHW and NHWC layouts hold the same bytes and ``.contiguous(
+    memory_format=torch.channels_last)`` is a no-op that convolution still reads as NCHW; the
+    strides are then set explicitly, so that every convolution after it keeps channels-last.
+    """
+    if x.shape[1] != 1:
+        return x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous()
+    _, _, h, w = x.shape
+    return x.as_strided(x.shape, (h * w, 1, w, 1))
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,13 @@ class WarpedModel(nn.Module):
         module: the learner. Its ``forward`` takes the input (and any extra arguments).
         warps: dotted names of the submodules that are warp layers (as in
             ``module.named_modules()``). An empty list gives a plain learner (MAML, Leap...).
+        channels_last: feed 4-D inputs ``[N, C, H, W]`` in the channels-last memory layout,
+            so convolutions, pooling and batch norm run on NHWC data (the same values, up to
+            float rounding; on CPU it makes Conv4 ~1.3x faster, see BENCHMARKS.md).
+        precision: ``"fp32"``, or ``"bf16"`` to run the forward pass (and so its backward)
+            under ``torch.autocast`` in bfloat16. Parameters, θ, the optimiser and the outputs
+            stay float32. Faster where the hardware has bf16 units, but gradients are only
+            approximately those of fp32 (see BENCHMARKS.md): a speed switch, off by default.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.Linear(40, 1))
@@ -75,9 +100,14 @@ class WarpedModel(nn.Module):
         >>> y = model(torch.zeros(5, 1), theta)  # f(x; θ, φ) without touching module state
     """
 
-    def __init__(self, module: nn.Module, warps: Iterable[str] = ()) -> None:
+    def __init__(self, module: nn.Module, warps: Iterable[str] = (), *,
+                 channels_last: bool = False, precision: Precision = "fp32") -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.module = module
+        self.channels_last = channels_last
+        self.precision = precision
         warps = tuple(warps)
         submodules = dict(module.named_modules())
         unknown = [w for w in warps if w not in submodules or w == ""]
@@ -148,7 +178,13 @@ class WarpedModel(nn.Module):
             params.update(phi)
         if buffers is None:
             buffers = self.task_buffers()
-        return functional_call(self.module, (params, buffers), (x, *args), strict=False)
+        if self.channels_last and x.dim() == 4:
+            x = to_channels_last(x)
+        if self.precision == "fp32":
+            return functional_call(self.module, (params, buffers), (x, *args), strict=False)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = functional_call(self.module, (params, buffers), (x, *args), strict=False)
+        return _to_float32(out)
 
     def describe(self) -> str:
         """A table of every parameter, its shape and whether it is task (θ) or warp (φ)."""
@@ -159,3 +195,12 @@ class WarpedModel(nn.Module):
         rows.append(f"task parameters: {self.task_spec.numel:,}  warp parameters: "
                     f"{self.warp_spec.numel:,}")
         return "\n".join(rows)
+
+
+def _to_float32(value: object) -> object:
+    """Autocast outputs back to float32 (tensors, and tensors inside tuples and lists)."""
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_float32(v) for v in value)
+    return value

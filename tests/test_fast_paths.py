@@ -1,0 +1,199 @@
+"""The speed switches give the plain path's results: channels-last to float rounding, the
+autograd first-order step exactly, bf16 to its documented tolerance; the allocator tuning is
+opt-out."""
+
+import copy
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from warpgrad import MetaLearner, WarpedModel, conv4, make_learner, tune_allocator
+from warpgrad.algorithms import Leap, WarpGrad
+from warpgrad.engine import InnerSGD
+from warpgrad.models.warped import to_channels_last
+from warpgrad.tasks import Task
+
+
+def _image_task(seed: int, n_way: int = 3, channels: int = 1, size: int = 28,
+                batch_size: int | None = 8, dtype: torch.dtype = torch.float32) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_way * 6, channels, size, size, generator=g, dtype=dtype)
+    y = torch.arange(n_way).repeat_interleave(6)
+    return Task(x[::2], y[::2], x[1::2], y[1::2], batch_size=batch_size)
+
+
+def _pair(**kwargs) -> tuple[WarpedModel, WarpedModel]:
+    torch.manual_seed(0)
+    plain = conv4(3, channels_last=False, **kwargs)
+    fast = copy.deepcopy(plain)
+    fast.channels_last = True
+    return plain, fast
+
+
+def test_channels_last_view_holds_the_same_values_in_nhwc():
+    for x in (torch.randn(2, 1, 5, 4), torch.randn(2, 3, 5, 4),
+              torch.randn(2, 1, 9, 9)[:, :, 1:6, 2:6]):  # not contiguous
+        y = to_channels_last(x)
+        torch.testing.assert_close(y, x, rtol=0, atol=0)
+        assert y.stride(1) == 1  # channels innermost
+
+
+@pytest.mark.parametrize("channels,size,warp_options", [
+    (1, 28, {}),
+    (3, 40, {"warp_batch_norm": True, "warp_residual": True, "warp_activation": "relu"}),
+])
+def test_channels_last_forward_and_gradients_match_nchw(channels, size, warp_options):
+    plain, fast = _pair(in_channels=channels, image_size=size, filters=8, **warp_options)
+    x = torch.rand(6, channels, size, size)
+    y = torch.randint(3, (6,))
+
+    def outputs(model: WarpedModel, dtype: torch.dtype) -> list[torch.Tensor]:
+        model = copy.deepcopy(model).to(dtype)
+        theta = model.init_theta().detach().requires_grad_()
+        logits = model(x.to(dtype), theta)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, [theta, *model.warp_parameters().values()])
+        return [logits, torch.cat([g.flatten() for g in grads])]
+
+    # float64: the same computation to rounding
+    for a, b in zip(outputs(plain, torch.float64), outputs(fast, torch.float64)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    # float32: close in norm (entries whose true value is ~0, such as the gradient of a conv
+    # bias that batch norm cancels, are rounding noise either way)
+    for a, b in zip(outputs(plain, torch.float32), outputs(fast, torch.float32)):
+        assert (b - a).norm() <= 1e-5 * a.norm()
+
+
+@pytest.mark.parametrize("variant", ["exact", "first-order"])
+def test_channels_last_meta_step_matches_nchw(variant):
+    """A whole meta-step (adaptation, buffer, φ and θ_0 updates) is the same computation in
+    both layouts. In float64: at these toy shapes (batch norm over 9 samples at 1x1 in block
+    4) a float32 meta-step amplifies rounding to ~0.1-0.5 even between two NCHW runs."""
+    plain, fast = _pair(filters=8)
+    plain.double()
+    fast.double()
+    start = torch.cat([p.detach().flatten() for p in plain.parameters()])
+    tasks = [_image_task(seed, dtype=torch.float64) for seed in range(2)]
+    results = []
+    for model in (plain, fast):
+        learner = MetaLearner(model, F.cross_entropy, steps=3, warp=WarpGrad(variant),
+                              init=Leap(), inner_lr=0.1, seed=0)
+        learner.meta_step(tasks)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert (results[0] - start).abs().max() > 1e-3  # the step did something
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-8)
+
+
+def _meta_gradient(model: WarpedModel, variant: str, x, y, xm, ym) -> torch.Tensor:
+    objective = WarpGrad(variant)
+    model.zero_grad()
+    theta = model.init_theta().detach()
+    objective.point_loss(model, F.cross_entropy, InnerSGD(model.task_spec, 0.1), theta, None,
+                         (x, y), [(xm, ym)]).backward()
+    return torch.cat([p.grad.flatten() for p in model.warp_parameters().values()]).double()
+
+
+@pytest.mark.parametrize("variant", ["exact", "first-order"])
+def test_channels_last_meta_gradient_is_as_accurate_as_nchw(variant):
+    """Mostly-blank images (as glyphs are) give conv outputs whose per-channel mean dwarfs
+    their spread; PyTorch's channels-last CPU batch norm lost precision there (a 27% error in
+    the meta-gradient at the full protocol). Against a float64 reference, channels-last must be
+    as accurate as NCHW; in float64 the two are the same computation."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x, xm = ((torch.rand(24, 1, 28, 28, generator=g) > 0.85).float() for _ in range(2))
+    y, ym = torch.arange(24) % 3, torch.arange(24) % 3
+    plain = conv4(3, filters=16, warp_batch_norm=True, channels_last=False)
+    fast = copy.deepcopy(plain)
+    fast.channels_last = True
+    reference = _meta_gradient(copy.deepcopy(plain).double(), variant, x.double(), y,
+                               xm.double(), ym)
+    fast64 = copy.deepcopy(fast).double()
+    same = _meta_gradient(fast64, variant, x.double(), y, xm.double(), ym)
+    torch.testing.assert_close(same, reference, rtol=1e-9, atol=1e-12)
+    errors = {name: ((_meta_gradient(m, variant, x, y, xm, ym) - reference).norm()
+                     / reference.norm()).item() for name, m in (("nchw", plain), ("cl", fast))}
+    assert errors["cl"] < max(10 * errors["nchw"], 1e-5), errors
+
+
+def test_batched_objective_with_channels_last_matches_one_at_a_time():
+    _, model = _pair(filters=8)
+    model.double()  # exact at toy shapes amplifies float32 rounding, see above
+    task = _image_task(0, dtype=torch.float64)
+    optimizer = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
+    points = torch.stack([model.init_theta().detach() + 0.01 * torch.randn(
+        model.task_spec.numel, dtype=torch.float64) for _ in range(3)])
+    from warpgrad.engine.buffer import Points
+
+    grads = []
+    for batched in (False, True):
+        objective = WarpGrad("exact", batched=batched)
+        model.zero_grad()
+        pts = Points(points, None, torch.zeros(3, dtype=torch.long), torch.arange(3))
+        loss = objective.points_loss(model, F.cross_entropy, optimizer, pts, [task],
+                                     torch.Generator().manual_seed(1))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.warp_parameters().values()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-10)
+
+
+def test_first_order_autograd_path_matches_the_functorch_path():
+    model = conv4(3, filters=8)
+    task = _image_task(0)
+    optimizer = InnerSGD(model.task_spec, 0.1)
+    theta = model.init_theta().detach() + 0.01
+    objective = WarpGrad("first-order")
+    batches = task.warp_batches(0, torch.Generator().manual_seed(0))
+    grads = []
+    for vmapped in (False, True):
+        model.zero_grad()
+        objective.point_loss(model, F.cross_entropy, optimizer, theta, None, batches[0],
+                             batches[1], vmapped=vmapped).backward()
+        grads.append([p.grad.clone() for p in model.warp_parameters().values()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_bf16_precision_approximates_fp32_and_still_learns():
+    torch.manual_seed(0)
+    reference = conv4(3, filters=16)
+    half = copy.deepcopy(reference)
+    half.precision = "bf16"
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(3, (16,))
+    grads = []
+    for model in (reference, half):
+        theta = model.init_theta().detach().requires_grad_()
+        logits = model(x, theta)
+        assert logits.dtype == torch.float32  # outputs come back in float32
+        loss = F.cross_entropy(logits, y)
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(
+            loss, [theta, *model.warp_parameters().values()])]))
+    cosine = F.cosine_similarity(grads[0], grads[1], dim=0)
+    assert not torch.equal(grads[0], grads[1])  # it really ran in bfloat16
+    assert cosine > 0.95, cosine
+    learner = make_learner("warp-leap", half, F.cross_entropy, steps=10, inner_lr=0.1)
+    task = _image_task(3, batch_size=None)
+    losses = learner.adapt(task).losses
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        conv4(3, precision="fp8")
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the tuning applies to glibc only")
+def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off():
+    assert tune_allocator() is True
+    assert tune_allocator() is True  # idempotent
+    code = "from warpgrad import tune_allocator; print(tune_allocator())"
+    env = {**os.environ, "WARPGRAD_TUNE_MALLOC": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
