@@ -96,6 +96,18 @@ def test_switch_ladder_is_measured_rung_by_rung(small):
         assert f"| switches | warp-leap-{variant}: + bf16 |" in (out / "bench.md").read_text()
 
 
+def test_online_figure_compares_fresh_and_shared_steps(small):
+    results, out, _ = small
+    for variant in ("first-order", "exact"):
+        r = results["online"][variant]
+        assert r["speedup"] == pytest.approx(r["online"]["task_seconds"]
+                                             / r["online-shared"]["task_seconds"])
+        for mode in ("online", "online-shared"):
+            assert r[mode]["seconds"] == pytest.approx(r[mode]["task_seconds"] * 2)
+        assert f"| online objective | warp-leap-{variant}, online-shared |" in (
+            out / "bench.md").read_text()
+
+
 def test_maml_memory_grows_with_k(small):
     results, _, _ = small
     cases = results["memory_vs_steps"]["cases"]

@@ -129,3 +129,38 @@ def test_bad_configurations_fail_clearly():
         MetaLearner(tiny_warped_mlp(), F.mse_loss, steps=0)
     with pytest.raises(ValueError, match="at least one task"):
         make_learner("leap", tiny_warped_mlp(), F.mse_loss, steps=2).meta_step([])
+
+
+@pytest.mark.parametrize("variant", ["exact", "first-order"])
+@pytest.mark.parametrize("learn_lr", [False, True])
+def test_online_shared_step_equals_a_fresh_step_on_full_batches(variant, learn_lr):
+    """With full-batch tasks the adaptation's own step at θ_k is the step a fresh inner batch
+    would take, so Algorithm 1's shared step must give the same update of φ (and of a learned
+    learning rate), while skipping one forward+backward per point."""
+    tasks = [regression_task(s) for s in range(2)]
+    results = []
+    for share in (False, True):
+        model = tiny_warped_mlp()
+        before = torch.cat([p.detach().flatten() for p in model.parameters()])
+        learner = MetaLearner(model, F.mse_loss, steps=3, init=Leap(), inner_lr=0.3,
+                              learn_lr=learn_lr, warp_lr=1.0,
+                              warp=WarpGrad(variant, "online", share_step=share))
+        learner.meta_step(tasks)
+        after = torch.cat([p.detach().flatten()
+                           for p in (*model.parameters(), *learner.optimizer.parameters())])
+        results.append(after)
+        assert (after[: len(before)] - before).abs().max() > 1e-3
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)
+
+
+def test_shared_step_differs_on_mini_batches_and_needs_the_online_regime():
+    tasks = [regression_task(s, batch_size=3) for s in range(2)]
+    phis = []
+    for share in (False, True):
+        model = tiny_warped_mlp()
+        MetaLearner(model, F.mse_loss, steps=3, inner_lr=0.3, warp_lr=1.0, seed=0,
+                    warp=WarpGrad("exact", "online", share_step=share)).meta_step(tasks)
+        phis.append(_phi_vector(model))
+    assert not torch.allclose(phis[0], phis[1])  # other batches, other (valid) samples
+    with pytest.raises(ValueError, match="online"):
+        WarpGrad("exact", "offline", share_step=True)

@@ -18,6 +18,8 @@ Run it as ``warpgrad bench [--scale full|small] [--out DIR]`` or
    point at a time (ms per point, ratio).
 6. ``switches``: the Warp-Leap meta-iteration as the speed switches are turned on one by one
    (default malloc and NCHW, tuned malloc, channels-last, bf16), with each rung's speed-up.
+7. ``online``: Warp-Leap with the online objective, a fresh step per point versus the
+   adaptation's own step (``WarpGrad(share_step=True)``, the paper's Algorithm 1).
 
 Every measured case runs in a fresh process (a forkserver child), so neither its time nor its
 peak memory is contaminated by another case. Memory is the process's peak resident set size
@@ -73,7 +75,7 @@ class Scale:
     k_filters: int
     k_batch: int
     threads: int | None = None
-    channels_last: bool = True
+    channels_last: bool = False
     precision: str = "fp32"
     buffer: str = "memory"
     tune_malloc: bool = True
@@ -152,7 +154,7 @@ def _model(filters: int, warped: bool = True):
 
     torch.manual_seed(0)
     return conv4(N_WAY, filters=filters, warp="conv3x3" if warped else None,
-                 channels_last=_SWITCHES.get("channels_last", True),
+                 channels_last=_SWITCHES.get("channels_last", False),
                  precision=_SWITCHES.get("precision", "fp32"))
 
 
@@ -161,10 +163,13 @@ def _learner(method: str, model, steps: int, regime: str = "offline"):
     from warpgrad.algorithms.warpgrad import WarpGrad
 
     if method.startswith("warp-leap-"):
-        variant = method.removeprefix("warp-leap-")
+        # "warp-leap-VARIANT", or "warp-leap-VARIANT@online[-shared]" (figure 7)
+        variant, _, mode = method.removeprefix("warp-leap-").partition("@")
+        regime = "online" if mode.startswith("online") else regime
         buffer = _SWITCHES.get("buffer", "memory")
         warp = WarpGrad(variant, regime, points_per_update=1, buffer_on_disk=buffer == "disk",
-                        buffer_dtype=torch.float16 if buffer == "float16" else None)
+                        buffer_dtype=torch.float16 if buffer == "float16" else None,
+                        share_step=mode == "online-shared")
         return make_learner("warp-leap", model, F.cross_entropy, steps=steps, inner_lr=INNER_LR,
                             warp=warp)
     return make_learner(method, model, F.cross_entropy, steps=steps, inner_lr=INNER_LR)
@@ -309,7 +314,7 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor) -> Tensor
     channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy)."""
     from warpgrad.models.warped import to_channels_last
 
-    nhwc = _SWITCHES.get("channels_last", True)
+    nhwc = _SWITCHES.get("channels_last", False)
     h = to_channels_last(x) if nhwc else x
     with torch.autocast("cpu", dtype=torch.bfloat16,
                         enabled=_SWITCHES.get("precision", "fp32") == "bf16"):
@@ -431,7 +436,7 @@ class Suite:
     """Which figures to run (all by default) and where progress goes."""
 
     sections: tuple[str, ...] = ("meta_iteration", "overhead", "memory_vs_steps", "warped_step",
-                                 "batched_objective", "switches")
+                                 "batched_objective", "switches", "online")
     log: Callable[[str], None] = field(default=lambda s: None)
 
 
@@ -513,17 +518,39 @@ def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
         results["batched_objective"] = batched
     if "switches" in wanted:
         results["switches"] = _switches(scale, log)
+    if "online" in wanted:
+        results["online"] = _online(scale, log)
     results["targets"] = check_targets(results)
     return results
 
 
 SWITCH_LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("NCHW, default malloc", {"channels_last": False, "tune_malloc": False}),
-    ("+ tuned malloc", {"channels_last": False, "tune_malloc": True}),
-    ("+ channels-last (default)", {"channels_last": True, "tune_malloc": True}),
+    ("default malloc", {"channels_last": False, "tune_malloc": False}),
+    ("+ tuned malloc (default)", {"channels_last": False, "tune_malloc": True}),
+    ("+ channels-last", {"channels_last": True, "tune_malloc": True}),
     ("+ bf16", {"channels_last": True, "tune_malloc": True, "precision": "bf16"}),
 )
 """Figure 6: the speed switches, added one at a time (fp32 unless stated)."""
+
+
+def _online(scale: Scale, log: Callable[[str], None]) -> dict[str, Any]:
+    """Figure 7: Warp-Leap with the online objective (Algorithm 1), a fresh step per point
+    versus the adaptation's own step (``share_step``); one task, extrapolated."""
+    from dataclasses import replace
+
+    out: dict[str, Any] = {}
+    for variant in ("first-order", "exact"):
+        entry: dict[str, Any] = {}
+        for mode in ("online", "online-shared"):
+            log(f"online {variant} {mode} ...")
+            r = run_case("meta_iteration", replace(scale, measured_tasks=1),
+                         f"warp-leap-{variant}@{mode}")
+            entry[mode] = {"task_seconds": r["seconds"], "seconds": r["seconds"] * scale.meta_batch,
+                           "peak_rss_mb": r["peak_rss_mb"]}
+            log(f"  {r['seconds']:.2f} s per task")
+        entry["speedup"] = entry["online"]["task_seconds"] / entry["online-shared"]["task_seconds"]
+        out[variant] = entry
+    return out
 
 
 def _switches(scale: Scale, log: Callable[[str], None]) -> dict[str, Any]:
@@ -618,6 +645,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             case = f"warp-leap-{variant}: {rung['label']}"
             out.append(("switches", case, f"{rung['seconds']:.1f} *", "s"))
             out.append(("switches speed-up", case, f"{rung['speedup']:.2f}", "x"))
+    for variant, r in results.get("online", {}).items():
+        for mode in ("online", "online-shared"):
+            out.append(("online objective", f"warp-leap-{variant}, {mode}",
+                        f"{r[mode]['seconds']:.1f} *", "s"))
+        out.append(("online objective", f"warp-leap-{variant}, shared-step speed-up",
+                    f"{r['speedup']:.2f}", "x"))
     for variant, r in results.get("batched_objective", {}).items():
         n = r["points"]
         out.append(("objective per point", f"{variant} one at a time",
@@ -638,7 +671,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"Protocol: Conv4-{s['filters']} with 3x3 conv warps, {N_WAY}-way glyph alphabet "
              f"tasks, batch {s['batch_size']}, K={s['steps']} SGD steps at lr {INNER_LR}, "
              f"meta-batch {s['meta_batch']}, offline WarpGrad one point per update. Switches: "
-             f"channels-last {'on' if s.get('channels_last', True) else 'off'}, precision "
+             f"channels-last {'on' if s.get('channels_last', False) else 'off'}, precision "
              f"{s.get('precision', 'fp32')}, buffer {s.get('buffer', 'memory')}, malloc "
              f"{'tuned' if s.get('tune_malloc', True) else 'default'}.", "",
              "| figure | case | value | unit |", "|---|---|---|---|"]
@@ -655,6 +688,9 @@ def markdown(results: dict[str, Any]) -> str:
     if "switches" in results:
         lines += ["", "Switches (\\*): one task measured per rung, seconds x the meta-batch; "
                   "speed-up over the first rung, measured in the same run."]
+    if "online" in results:
+        lines += ["", "Online objective (\\*): one task measured per case, seconds x the "
+                  "meta-batch."]
     if results.get("targets"):
         lines += ["", "| target | value | limit | met |", "|---|---|---|---|"]
         for t in results["targets"]:
@@ -677,7 +713,7 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> tuple[Path
 
 def main(scale: str = "small", out: str | os.PathLike = "runs/bench", *,
          threads: int | None = None, measured_tasks: int | None = None,
-         sections: tuple[str, ...] | None = None, channels_last: bool = True,
+         sections: tuple[str, ...] | None = None, channels_last: bool = False,
          precision: str = "fp32", buffer: str = "memory", tune_malloc: bool = True,
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the suite, print the markdown and write ``bench.json``/``bench.md`` to ``out``.

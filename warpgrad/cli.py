@@ -218,8 +218,8 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
 @click.option("--tasks", type=click.IntRange(min=1),
               help="tasks of the meta-batch actually run (default: 1 at full scale, all at small)")
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
-              "memory_vs_steps, warped_step, batched_objective, switches (default: all)")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              "memory_vs_steps, warped_step, batched_objective, switches, online (default: all)")
+@click.option("--channels-last/--no-channels-last", default=False, show_default=True,
               help="Conv4 on channels-last (NHWC) data")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
               show_default=True, help="forward/backward precision (bf16: autocast)")
@@ -238,7 +238,7 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
 
     sections = None if only is None else tuple(s.strip() for s in only.split(","))
     known = {"meta_iteration", "overhead", "memory_vs_steps", "warped_step", "batched_objective",
-             "switches"}
+             "switches", "online"}
     if sections is not None and not set(sections) <= known:
         _fail(f"unknown figure(s) {sorted(set(sections) - known)}; expected any of "
               f"{sorted(known)}")

@@ -211,7 +211,9 @@ class MetaLearner:
             if buffer is not None:
                 observers.append(buffer.recorder(index, warp.stride))
             theta0 = model.init_theta().detach().requires_grad_(differentiable)
-            phi = None if differentiable else {
+            # φ stays live in the adaptation when the online objective reuses its steps exactly
+            step_graph = online and warp.share_step and warp.variant == "exact"
+            phi = None if differentiable or step_graph else {
                 n: p.detach() for n, p in model.warp_parameters().items()}
             steps = self.steps if warp is not None or init is None or init.adapts else 0
             result = adapt(model, theta0, task, self.loss_fn, self.optimizer, steps,

@@ -68,6 +68,11 @@ class WarpGrad:
             dtype; ``torch.float16`` or ``torch.bfloat16`` halve its memory, rounding θ_k).
         buffer_on_disk: keep the offline replay buffer in a temporary file (lossless; memory
             then does not grow with the meta-batch and K).
+        share_step: online only. The one step at θ_k is the adaptation's own step (its
+            batch and gradient, θ_k → θ_{k+1}), as in the paper's Algorithm 1, instead of a
+            fresh one on a new batch: the meta-loss then costs one forward+backward at θ_{k+1}
+            per point instead of two passes. For ``"exact"`` the adaptation keeps each step's
+            graph to φ (one step at a time). With full-batch tasks both give the same gradient.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class WarpGrad:
         chunk_size: int | None = None,
         buffer_dtype: torch.dtype | None = None,
         buffer_on_disk: bool = False,
+        share_step: bool = False,
     ) -> None:
         if variant not in ("exact", "first-order", "no-step"):
             raise ValueError(
@@ -102,6 +108,10 @@ class WarpGrad:
         self.chunk_size = chunk_size
         self.buffer_dtype = buffer_dtype
         self.buffer_on_disk = buffer_on_disk
+        if share_step and regime != "online":
+            raise ValueError("share_step needs the online regime: offline points are revisited "
+                             "after φ has moved, so the adaptation's step is not theirs")
+        self.share_step = share_step
 
     def points_per_task(self, steps: int) -> int:
         """How many points of a K-step trajectory the objective uses."""
@@ -238,15 +248,27 @@ class _OnlineAccumulator:
         self.objective, self.model, self.loss_fn = objective, model, loss_fn
         self.optimizer, self.task, self.generator, self.scale = optimizer, task, generator, scale
         self.losses: list[float] = []
+        self.share = objective.share_step and objective.variant != "no-step"
+        self.needs_step_graph = self.share and objective.variant == "exact"
+        # the meta-parameters; backpropagating into nothing else skips θ_k's own gradient
+        self.inputs = [*model.warp_parameters().values(), *optimizer.parameters()]
 
     def observe(self, record: StepRecord) -> None:
         final = record.grad is None
         if record.step % self.objective.stride and not final:
             return
         inner, metas = self.task.warp_batches(record.step, self.generator)
-        loss = self.objective.point_loss(self.model, self.loss_fn, self.optimizer, record.theta,
-                                         record.state, inner, metas)
-        (loss * self.scale).backward()
+        if self.share and not final:
+            grad = record.grad_graph if self.needs_step_graph else record.grad
+            stepped, _ = self.optimizer.step(record.theta, grad, record.state)
+            loss = torch.stack([self.loss_fn(self.model(x, stepped), y)
+                                for x, y in metas]).mean()
+        else:  # θ_K has no adaptation step after it: take a fresh one
+            loss = self.objective.point_loss(self.model, self.loss_fn, self.optimizer,
+                                             record.theta, record.state, inner, metas)
+        inputs = [p for p in self.inputs if p.requires_grad]
+        if inputs:
+            torch.autograd.backward(loss * self.scale, inputs=inputs)
         self.losses.append(loss.item())
 
 

@@ -30,7 +30,9 @@ class StepRecord:
     ``theta`` ``[P]`` is θ_k, ``state`` the optimiser state (velocity) at θ_k or ``None``,
     ``loss`` the training-batch loss at θ_k (a 0-d tensor), ``grad`` ``[P]`` its gradient.
     For the final point θ_K, ``grad`` is ``None`` and ``loss`` is ``None`` unless an
-    observer asked for it (``needs_final_loss``).
+    observer asked for it (``needs_final_loss``). ``grad_graph`` is the same gradient still
+    attached to its graph (differentiable in φ) when an observer asked for it
+    (``needs_step_graph``), else ``None``.
     """
 
     step: int
@@ -38,11 +40,14 @@ class StepRecord:
     state: Tensor | None
     loss: Tensor | None
     grad: Tensor | None
+    grad_graph: Tensor | None = None
 
 
 class Observer(Protocol):
     """Something that watches adaptation. ``needs_final_loss`` asks the engine to evaluate the
-    training loss at θ_K (one extra forward pass)."""
+    training loss at θ_K (one extra forward pass). An observer may also set
+    ``needs_step_graph = True``: each step's gradient is then taken with ``create_graph``
+    and shown as ``record.grad_graph`` (one step's graph alive at a time)."""
 
     needs_final_loss: bool
 
@@ -100,21 +105,25 @@ def adapt(
         theta = theta.detach()
     state = optimizer.init_state(theta)
     buffers = model.task_buffers()
+    step_graph = any(getattr(o, "needs_step_graph", False) for o in observers)
     losses = []
     for k in range(steps):
         x, y = task.train_batch(generator)
         if not create_graph:
             theta = theta.detach().requires_grad_()
         loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
-        (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
+        (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph or step_graph)
         losses.append(loss.detach())
         if observers:
-            record = StepRecord(k, theta.detach(), _detach(state), loss.detach(), grad.detach())
+            record = StepRecord(k, theta.detach(), _detach(state), loss.detach(), grad.detach(),
+                                grad if step_graph else None)
             for observer in observers:
                 observer.observe(record)
+            del record
         if create_graph:
             theta, state = optimizer.step(theta, grad, state)
         else:
+            grad = grad.detach()  # drops the step's graph, if an observer kept one
             with torch.no_grad():
                 theta, state = optimizer.step(theta, grad, state)
     if observers:

@@ -95,7 +95,7 @@ class ClassificationConfig:
     buffer_dtype: str = "float32"
     buffer_on_disk: bool = False
     # speed switches (BENCHMARKS.md): channels-last is the same computation, bf16 is not
-    channels_last: bool = True
+    channels_last: bool = False
     precision: str = "fp32"
     # evaluation and bookkeeping
     eval_tasks: int = 600

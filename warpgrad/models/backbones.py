@@ -38,7 +38,7 @@ def conv4(
     warp_residual: bool = False,
     warp_blocks: tuple[int, ...] = (1, 2, 3, 4),
     batch_norm: Literal["batch", "running"] = "batch",
-    channels_last: bool = True,
+    channels_last: bool = False,
     precision: Precision = "fp32",
 ) -> WarpedModel:
     """Conv4 learner: 4 x [3x3 conv (pad 1) → 2x2 max-pool → BN → ReLU → warp], then a linear
@@ -54,8 +54,8 @@ def conv4(
         warp_blocks: which blocks (1-4) get a warp layer.
         batch_norm: ``"batch"`` (per-batch statistics, the default) or ``"running"``
             (per-task running statistics used at evaluation), see the module docstring.
-        channels_last, precision: speed switches of :class:`WarpedModel` (channels-last on by
-            default: the same results up to float rounding, faster on CPU).
+        channels_last, precision: speed switches of :class:`WarpedModel`, off by default
+            (measured in BENCHMARKS.md, figure 6).
 
     Returns:
         A :class:`WarpedModel` mapping ``[B, C, H, W]`` images to ``[B, num_classes]`` logits.
