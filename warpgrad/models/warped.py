@@ -84,8 +84,9 @@ class WarpedModel(nn.Module):
         warps: dotted names of the submodules that are warp layers (as in
             ``module.named_modules()``). An empty list gives a plain learner (MAML, Leap...).
         channels_last: feed 4-D inputs ``[N, C, H, W]`` in the channels-last memory layout,
-            so convolutions, pooling and batch norm run on NHWC data (the same values, up to
-            float rounding; on CPU it makes Conv4 ~1.3x faster, see BENCHMARKS.md).
+            so convolutions and pooling run on NHWC data (the same computation, up to float
+            rounding). On CPU it speeds some passes and slows others (BENCHMARKS.md, figure
+            6), so it is off by default.
         precision: ``"fp32"``, or ``"bf16"`` to run the forward pass (and so its backward)
             under ``torch.autocast`` in bfloat16. Parameters, θ, the optimiser and the outputs
             stay float32. Faster where the hardware has bf16 units, but gradients are only
