@@ -477,7 +477,8 @@ def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
                     f"ran {scale.measured_tasks} of {scale.meta_batch} tasks; seconds x "
                     f"{factor:g} (every cost is per task); peak memory = measured"
                     + (f" + {buffer_mb:.0f} MB for the other tasks' buffer points"
-                       if buffer_mb else " (per-task memory is freed between tasks)"))
+                       if buffer_mb else " (the buffer is on disk)" if method.startswith("warp")
+                       else " (per-task memory is freed between tasks)"))
             meta[method] = entry
             log(f"  {entry['seconds']:.2f} s, peak {entry['peak_rss_mb']:.0f} MB")
         if "meta_iteration" in wanted:
