@@ -197,3 +197,17 @@ def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_parallel_task_adaptation_on_conv4_is_the_same_meta_step():
+    """vmap over tasks keeps each task's own batch-norm statistics (Conv4, float64)."""
+    tasks = [_image_task(seed, batch_size=None, dtype=torch.float64) for seed in range(3)]
+    results = []
+    for parallel in (False, True):
+        torch.manual_seed(0)
+        model = conv4(3, filters=8).double()
+        learner = MetaLearner(model, F.cross_entropy, steps=3, warp=WarpGrad("first-order"),
+                              init=Leap(), inner_lr=0.1, parallel_tasks=parallel)
+        learner.meta_step(tasks)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-8, atol=1e-10)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from warpgrad.algorithms.base import InitObjective, TaskRun
 from warpgrad.algorithms.warpgrad import WarpGrad
-from warpgrad.engine.adapt import Adaptation, LossFn, Observer, adapt
+from warpgrad.engine.adapt import Adaptation, LossFn, Observer, adapt, adapt_tasks
 from warpgrad.engine.buffer import ReplayBuffer
 from warpgrad.engine.inner_sgd import Granularity, InnerSGD
 from warpgrad.models.warped import WarpedModel
@@ -57,6 +57,11 @@ class MetaLearner:
         warps_by_init: meta-learn the warp layers with the *init* objective's gradient
             instead of WarpGrad's (T-Net: linear transforms learned through MAML's
             adaptation); needs ``warp=None``.
+        parallel_tasks: adapt the meta-batch's tasks together, one ``torch.func.vmap`` over
+            the tasks per step (:func:`~warpgrad.engine.adapt.adapt_tasks`); ignored where
+            it does not apply (MAML's differentiable adaptation, the exact shared online
+            step, models with running batch-norm statistics). The same computation; batches
+            are drawn in another order.
         seed: seeds every batch draw and buffer shuffle of this learner.
 
     With neither objective, :meth:`meta_step` only adapts: the "no meta-learning" baseline.
@@ -82,6 +87,7 @@ class MetaLearner:
         init_lr_anneal: int | None = None,
         warps_by_init: bool = False,
         seed: int = 0,
+        parallel_tasks: bool = False,
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -101,6 +107,7 @@ class MetaLearner:
                                   learn_momentum=learn_momentum, granularity=granularity,
                                   dtype=reference.dtype).to(reference.device)
         self.generator = torch.Generator().manual_seed(seed)
+        self.parallel_tasks = parallel_tasks
         learned_rates = [p for p in self.optimizer.parameters() if p.requires_grad]
         warp_params = list(model.warp_parameters().values())
         init_params = list(model.task_parameters().values())
@@ -195,34 +202,43 @@ class MetaLearner:
                                   dtype=next(model.parameters()).dtype,
                                   storage_dtype=warp.buffer_dtype, on_disk=warp.buffer_on_disk)
         differentiable = init is not None and init.differentiable
+        # φ stays live in the adaptation when the online objective reuses its steps exactly
+        step_graph = online and warp.share_step and warp.variant == "exact"
+        phi = None if differentiable or step_graph else {
+            n: p.detach() for n, p in model.warp_parameters().items()}
+        steps = self.steps if warp is not None or init is None or init.adapts else 0
+        watchers = []  # per task: (init observer, online observer, all observers)
+        for index, task in enumerate(tasks):
+            init_observer = init.observer() if init is not None else None
+            online_observer = warp.online_observer(
+                model, self.loss_fn, self.optimizer, task, self.generator,
+                scale / warp.points_per_task(self.steps)) if online else None
+            recorder = buffer.recorder(index, warp.stride) if buffer is not None else None
+            observers: list[Observer] = [o for o in (init_observer, online_observer, recorder)
+                                         if o is not None]
+            watchers.append((init_observer, online_observer, observers))
+        parallel = (self.parallel_tasks and len(tasks) > 1 and not differentiable
+                    and not step_graph and next(model.module.buffers(), None) is None)
+        if parallel:
+            results = iter(adapt_tasks(model, model.init_theta(), tasks, self.loss_fn,
+                                       self.optimizer, steps, phi=phi,
+                                       observers=[w[2] for w in watchers],
+                                       generator=self.generator))
         theta0_grad = None
         warp_losses: list[float] = []
         first, last = [], []
-        for index, task in enumerate(tasks):
-            observers: list[Observer] = []
-            init_observer = init.observer() if init is not None else None
-            if init_observer is not None:
-                observers.append(init_observer)
-            if online:
-                online_observer = warp.online_observer(
-                    model, self.loss_fn, self.optimizer, task, self.generator,
-                    scale / warp.points_per_task(self.steps))
-                observers.append(online_observer)
-            if buffer is not None:
-                observers.append(buffer.recorder(index, warp.stride))
+        for task, (init_observer, online_observer, observers) in zip(tasks, watchers):
             theta0 = model.init_theta().detach().requires_grad_(differentiable)
-            # φ stays live in the adaptation when the online objective reuses its steps exactly
-            step_graph = online and warp.share_step and warp.variant == "exact"
-            phi = None if differentiable or step_graph else {
-                n: p.detach() for n, p in model.warp_parameters().items()}
-            steps = self.steps if warp is not None or init is None or init.adapts else 0
-            result = adapt(model, theta0, task, self.loss_fn, self.optimizer, steps,
-                           phi=phi, observers=observers, create_graph=differentiable,
-                           generator=self.generator)
+            if parallel:
+                result = next(results)
+            else:
+                result = adapt(model, theta0, task, self.loss_fn, self.optimizer, steps,
+                               phi=phi, observers=observers, create_graph=differentiable,
+                               generator=self.generator)
             if steps:
                 first.append(result.losses[0].item())
                 last.append(result.losses[-1].item())
-            if online:
+            if online_observer is not None:
                 warp_losses += online_observer.losses
             if init is not None:
                 run = TaskRun(model, self.loss_fn, self.optimizer, task, theta0, result,

@@ -231,8 +231,13 @@ class WarpGrad:
         """Algorithm 2: φ updates over the buffer in shuffled mini-batches of points, for
         ``epochs`` passes. Returns each update's meta-loss."""
         history = []
+        n = len(buffer)
+        # shuffle from a canonical (task, step) order, so that the order points were stored in
+        # (task after task, or step by step when tasks adapt together) does not matter
+        keys = buffer.task_index[:n] * (int(buffer.step[:n].max()) + 1) + buffer.step[:n]
+        canonical = torch.argsort(keys, stable=True)
         for _ in range(self.epochs):
-            order = torch.randperm(len(buffer), generator=generator)
+            order = canonical[torch.randperm(n, generator=generator)]
             inputs = [p for group in meta_optimizer.param_groups for p in group["params"]]
             for chunk in order.split(self.points_per_update):
                 meta_optimizer.zero_grad(set_to_none=True)

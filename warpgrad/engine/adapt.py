@@ -139,5 +139,87 @@ def adapt(
     return Adaptation(theta, state, stacked, buffers)
 
 
+def adapt_tasks(
+    model: WarpedModel,
+    theta: Tensor,
+    tasks: Sequence[Task],
+    loss_fn: LossFn,
+    optimizer: InnerSGD,
+    steps: int,
+    *,
+    phi: Mapping[str, Tensor] | None = None,
+    observers: Sequence[Sequence[Observer]] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[Adaptation]:
+    """:func:`adapt` for several tasks at once, from the same ``theta`` ``[P]``: each step
+    runs every task's forward and backward as one ``torch.func.vmap`` over the tasks, on the
+    batches each task draws, then one SGD step of the stacked ``[T, P]`` parameters.
+
+    The same computation as adapting the tasks one by one on the same batches (the batches
+    are drawn step by step across tasks, so a random draw order differs from sequential
+    adaptation). Faster where one task's batch leaves the device idle; on a few CPU cores the
+    convolutions are already saturated. Needs one batch shape per step across the tasks and a
+    model without buffers (in-place batch-norm statistics cannot be vmapped); observers that
+    need a step's graph (``needs_step_graph``) are refused. ``observers``: one sequence per
+    task. Returns one :class:`Adaptation` per task.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be non-negative, got {steps}")
+    if next(model.module.buffers(), None) is not None:
+        raise ValueError("adapt_tasks cannot vmap a model with buffers (running batch-norm "
+                         "statistics); adapt the tasks one by one")
+    per_task = [list(o) for o in observers] if observers is not None else [[] for _ in tasks]
+    if len(per_task) != len(tasks):
+        raise ValueError(f"{len(tasks)} tasks but {len(per_task)} observer lists")
+    if any(getattr(o, "needs_step_graph", False) for obs in per_task for o in obs):
+        raise ValueError("adapt_tasks keeps no step graphs; adapt the tasks one by one")
+    thetas = theta.detach().expand(len(tasks), -1).clone()
+    states = optimizer.init_state(thetas)
+
+    def loss_and_grad(th: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.grad_and_value(lambda t: loss_fn(model(x, t, phi), y))(th)
+
+    def stacked(batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        shapes = {(b[0].shape, b[1].shape) for b in batches}
+        if len(shapes) > 1:
+            raise ValueError(f"adapt_tasks needs one batch shape per step; got {sorted(shapes)}")
+        return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+    step_all = torch.func.vmap(loss_and_grad)
+    saved_layout, model.channels_last = model.channels_last, False  # a layout cannot be vmapped
+    try:
+        losses = []
+        for k in range(steps):
+            x, y = stacked([task.train_batch(generator) for task in tasks])
+            grads, loss = step_all(thetas, x, y)
+            grads, loss = grads.detach(), loss.detach()
+            losses.append(loss)
+            for i, obs in enumerate(per_task):
+                if obs:
+                    record = StepRecord(k, thetas[i], None if states is None else states[i],
+                                        loss[i], grads[i])
+                    for observer in obs:
+                        observer.observe(record)
+            with torch.no_grad():
+                thetas, states = optimizer.step(thetas, grads, states)
+        final_losses: Tensor | None = None
+        if any(o.needs_final_loss for obs in per_task for o in obs):
+            with torch.no_grad():
+                x, y = stacked([task.train_batch(generator) for task in tasks])
+                final_losses = torch.func.vmap(lambda t, xb, yb: loss_fn(model(xb, t, phi), yb))(
+                    thetas, x, y)
+    finally:
+        model.channels_last = saved_layout
+    for i, obs in enumerate(per_task):
+        if obs:
+            record = StepRecord(steps, thetas[i], None if states is None else states[i],
+                                None if final_losses is None else final_losses[i], None)
+            for observer in obs:
+                observer.observe(record)
+    trajectory = torch.stack(losses, 1) if losses else thetas.new_zeros(len(tasks), 0)
+    return [Adaptation(thetas[i], None if states is None else states[i], trajectory[i], {})
+            for i in range(len(tasks))]
+
+
 def _detach(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()

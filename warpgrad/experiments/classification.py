@@ -97,6 +97,7 @@ class ClassificationConfig:
     # speed switches (BENCHMARKS.md): channels-last is the same computation, bf16 is not
     channels_last: bool = False
     precision: str = "fp32"
+    parallel_tasks: bool = False
     # evaluation and bookkeeping
     eval_tasks: int = 600
     checkpoint_every: int = 10
@@ -229,7 +230,8 @@ class ClassificationExperiment:
         return make_learner(method, model.to(c.device), F.cross_entropy, steps=c.steps,
                             warp=warp, inner_lr=c.inner_lr, momentum=c.momentum,
                             warp_lr=c.warp_lr, init_lr=c.init_lr,
-                            meta_optimizer=c.meta_optimizer, seed=c.seed)
+                            meta_optimizer=c.meta_optimizer, seed=c.seed,
+                            parallel_tasks=c.parallel_tasks)
 
     def sample_meta_batch(self, generator: torch.Generator) -> Sequence[Task]:
         c = self.config
