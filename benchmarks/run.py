@@ -1,6 +1,7 @@
 """Run the benchmark suite: ``python benchmarks/run.py [--scale full|small] [--out DIR]``.
 
-The same as ``warpgrad bench`` (options: ``--threads``, ``--tasks``, ``--only``); see
+The same as ``warpgrad bench`` (options: ``--threads``, ``--tasks``, ``--only``,
+``--precision``, ``--channels-last``, ``--buffer``, ``--no-tune-malloc``); see
 BENCHMARKS.md for the figures and the latest results.
 """
 
