@@ -31,8 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -186,7 +185,7 @@ class WarpGrad:
                                        list(zip(mx, my)), vmapped=True)
 
             state_dim = None if states is None else 0
-            with _without_channels_last(model):
+            with model.plain_layout():
                 losses = torch.func.vmap(one, in_dims=(0, state_dim, 0, 0, 0, 0),
                                          chunk_size=self.chunk_size, randomness="different")(
                     points.thetas, states, inner_x, inner_y, meta_x, meta_y)
@@ -236,9 +235,9 @@ class WarpGrad:
         # (task after task, or step by step when tasks adapt together) does not matter
         keys = buffer.task_index[:n] * (int(buffer.step[:n].max()) + 1) + buffer.step[:n]
         canonical = torch.argsort(keys, stable=True)
+        inputs = [p for group in meta_optimizer.param_groups for p in group["params"]]
         for _ in range(self.epochs):
             order = canonical[torch.randperm(n, generator=generator)]
-            inputs = [p for group in meta_optimizer.param_groups for p in group["params"]]
             for chunk in order.split(self.points_per_update):
                 meta_optimizer.zero_grad(set_to_none=True)
                 loss = self.points_loss(model, loss_fn, optimizer, buffer.gather(chunk), tasks,
@@ -280,17 +279,6 @@ class _OnlineAccumulator:
         if inputs:
             torch.autograd.backward(loss * self.scale, inputs=inputs)
         self.losses.append(loss.item())
-
-
-@contextmanager
-def _without_channels_last(model: WarpedModel) -> Iterator[None]:
-    """vmap hides the points' dimension, and a memory layout cannot be set on the 4-D view of
-    a 5-D tensor: inside vmap, inputs stay in their own layout."""
-    saved, model.channels_last = model.channels_last, False
-    try:
-        yield
-    finally:
-        model.channels_last = saved
 
 
 def _stackable(batches: list[tuple[Batch, list[Batch]]]) -> bool:

@@ -186,8 +186,7 @@ def adapt_tasks(
         return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
     step_all = torch.func.vmap(loss_and_grad)
-    saved_layout, model.channels_last = model.channels_last, False  # a layout cannot be vmapped
-    try:
+    with model.plain_layout():
         losses = []
         for k in range(steps):
             x, y = stacked([task.train_batch(generator) for task in tasks])
@@ -208,8 +207,6 @@ def adapt_tasks(
                 x, y = stacked([task.train_batch(generator) for task in tasks])
                 final_losses = torch.func.vmap(lambda t, xb, yb: loss_fn(model(xb, t, phi), yb))(
                     thetas, x, y)
-    finally:
-        model.channels_last = saved_layout
     for i, obs in enumerate(per_task):
         if obs:
             record = StepRecord(steps, thetas[i], None if states is None else states[i],

@@ -43,8 +43,9 @@ class ReplayBuffer:
         storage_dtype: how points are stored, default ``dtype`` (``torch.float16`` halves
             memory at a precision cost).
         on_disk: keep the points in an anonymous temporary file instead of memory (lossless;
-            the process's memory no longer grows with the buffer; rows are read back with
-            ``pread``, ~0.5 ms per Conv4 point). The file is removed when the buffer is.
+            the process's memory no longer grows with the buffer; rows are written with
+            ``pwrite`` and read back with ``pread``: measured 0.2 ms and 0.07 ms for a
+            Conv4-64 point). The file is removed when the buffer is.
         directory: where that file goes (default: the system's temporary directory).
     """
 

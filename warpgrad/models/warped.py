@@ -8,7 +8,8 @@ which the meta-optimiser updates in place.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -186,6 +187,16 @@ class WarpedModel(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             out = functional_call(self.module, (params, buffers), (x, *args), strict=False)
         return _to_float32(out)
+
+    @contextmanager
+    def plain_layout(self) -> Iterator[None]:
+        """Inside the block, inputs keep their own memory layout: ``torch.func.vmap`` hides a
+        dimension, and channels-last cannot be set on the 4-D view of a 5-D tensor."""
+        saved, self.channels_last = self.channels_last, False
+        try:
+            yield
+        finally:
+            self.channels_last = saved
 
     def describe(self) -> str:
         """A table of every parameter, its shape and whether it is task (θ) or warp (φ)."""
