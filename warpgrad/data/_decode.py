@@ -6,6 +6,7 @@ import io
 import pickle
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -87,12 +88,25 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def load_pickle(path: Path) -> Any:
     """Unpickle a dataset file (numpy arrays and containers only); DataError names the file."""
-    for encoding in ("ASCII", "latin1"):  # latin1: pickles written by Python 2
+    # latin1: pickles written by Python 2
+    return _unpickle(path, ("ASCII", "latin1"),
+                     lambda f, encoding: _SafeUnpickler(f, encoding=encoding))
+
+
+def _unpickle(path: Path, encodings: tuple[str, ...],
+              unpickler: Callable[[BinaryIO, str], pickle.Unpickler],
+              before: Callable[[], None] = lambda: None) -> Any:
+    """``unpickler(file, encoding).load()`` with each encoding in turn until the strings
+    decode (``before()`` runs ahead of each try); any failure is a DataError naming the file."""
+    for encoding in encodings:
         try:
+            before()
             with open(path, "rb") as f:
-                return _SafeUnpickler(f, encoding=encoding).load()
+                return unpickler(f, encoding).load()
         except UnicodeDecodeError:
             continue
+        except DataError:
+            raise
         except _PICKLE_ERRORS as exc:
             raise DataError(f"cannot read pickle {path}: {type(exc).__name__}: {exc} "
                             f"(corrupt or truncated?)") from exc
@@ -168,16 +182,5 @@ def stream_pickled_list(path: Path, sink, start) -> Any:
     ASCII, then with ``encoding="bytes"``). Returns the (emptied) list. DataError names the
     file.
     """
-    for encoding in ("ASCII", "bytes"):
-        try:
-            start()
-            with open(path, "rb") as f:
-                return _StreamingUnpickler(f, sink, encoding).load()
-        except UnicodeDecodeError:
-            continue
-        except DataError:
-            raise
-        except _PICKLE_ERRORS as exc:
-            raise DataError(f"cannot read pickle {path}: {type(exc).__name__}: {exc} "
-                            f"(corrupt or truncated?)") from exc
-    raise DataError(f"cannot read pickle {path}: undecodable strings")
+    return _unpickle(path, ("ASCII", "bytes"),
+                     lambda f, encoding: _StreamingUnpickler(f, sink, encoding), start)
