@@ -218,7 +218,7 @@ class MetaLearner:
                                          if o is not None]
             watchers.append((init_observer, online_observer, observers))
         parallel = (self.parallel_tasks and len(tasks) > 1 and not differentiable
-                    and not step_graph and next(model.module.buffers(), None) is None)
+                    and not step_graph and not model.has_buffers)
         if parallel:
             results = iter(adapt_tasks(model, model.init_theta(), tasks, self.loss_fn,
                                        self.optimizer, steps, phi=phi,

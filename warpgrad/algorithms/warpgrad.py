@@ -198,8 +198,7 @@ class WarpGrad:
         return total / len(points)
 
     def _vmap_safe(self, model: WarpedModel) -> bool:
-        # running batch-norm statistics update buffers in place, which vmap cannot batch
-        if next(model.module.buffers(), None) is not None:
+        if model.has_buffers:
             return False
         # PyTorch 2.13's vmap gets batch norm's second-order gradient wrong (measured: ~2e-3
         # off finite differences on Conv4, while one point at a time matches them to 1e-9)

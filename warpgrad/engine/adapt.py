@@ -165,7 +165,7 @@ def adapt_tasks(
     """
     if steps < 0:
         raise ValueError(f"steps must be non-negative, got {steps}")
-    if next(model.module.buffers(), None) is not None:
+    if model.has_buffers:
         raise ValueError("adapt_tasks cannot vmap a model with buffers (running batch-norm "
                          "statistics); adapt the tasks one by one")
     per_task = [list(o) for o in observers] if observers is not None else [[] for _ in tasks]

@@ -188,6 +188,12 @@ class WarpedModel(nn.Module):
             out = functional_call(self.module, (params, buffers), (x, *args), strict=False)
         return _to_float32(out)
 
+    @property
+    def has_buffers(self) -> bool:
+        """Whether the module keeps buffers (e.g. running batch-norm statistics), which batch
+        norm updates in place and ``torch.func.vmap`` therefore cannot batch."""
+        return next(self.module.buffers(), None) is not None
+
     @contextmanager
     def plain_layout(self) -> Iterator[None]:
         """Inside the block, inputs keep their own memory layout: ``torch.func.vmap`` hides a
