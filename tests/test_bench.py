@@ -147,7 +147,7 @@ def test_json_and_markdown_are_written_and_list_every_case(small):
 @pytest.mark.parametrize("switches", [{"channels_last": True}, {"channels_last": False},
                                       {"channels_last": True, "precision": "bf16"}])
 def test_bare_forward_is_the_library_network(switches, monkeypatch):
-    monkeypatch.setattr(bench, "_SWITCHES", dict(switches))
+    monkeypatch.setattr(bench, "_SWITCHES", {**bench._SWITCHES, **switches})
     model = bench._model(8, True)
     assert model.channels_last == switches["channels_last"]
     assert model.precision == switches.get("precision", "fp32")

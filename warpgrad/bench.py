@@ -36,7 +36,7 @@ import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +146,10 @@ def _tasks(scale: Scale, batch_size: int, n: int) -> list:
     return [tasks[i % len(tasks)] for i in range(n)]
 
 
-_SWITCHES: dict[str, Any] = {}
-"""The running case's :class:`Scale` switches (set in the case's process by ``_child``)."""
+_SWITCH_NAMES = ("channels_last", "precision", "buffer")
+_SWITCHES: dict[str, Any] = {f.name: f.default for f in fields(Scale) if f.name in _SWITCH_NAMES}
+"""The running case's :class:`Scale` switches (``_child`` sets them in the case's process;
+until then :class:`Scale`'s defaults)."""
 
 
 def _model(filters: int, warped: bool = True):
@@ -155,8 +157,8 @@ def _model(filters: int, warped: bool = True):
 
     torch.manual_seed(0)
     return conv4(N_WAY, filters=filters, warp="conv3x3" if warped else None,
-                 channels_last=_SWITCHES.get("channels_last", False),
-                 precision=_SWITCHES.get("precision", "fp32"))
+                 channels_last=_SWITCHES["channels_last"],
+                 precision=_SWITCHES["precision"])
 
 
 def _learner(method: str, model, steps: int, regime: str = "offline"):
@@ -167,7 +169,7 @@ def _learner(method: str, model, steps: int, regime: str = "offline"):
         # "warp-leap-VARIANT", or "warp-leap-VARIANT@online[-shared]" (figure 7)
         variant, _, mode = method.removeprefix("warp-leap-").partition("@")
         regime = "online" if mode.startswith("online") else regime
-        buffer = _SWITCHES.get("buffer", "memory")
+        buffer = _SWITCHES["buffer"]
         warp = WarpGrad(variant, regime, points_per_update=1, buffer_on_disk=buffer == "disk",
                         buffer_dtype=torch.float16 if buffer == "float16" else None,
                         share_step=mode == "online-shared")
@@ -318,10 +320,10 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor) -> Tensor
     channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy)."""
     from warpgrad.models.warped import to_channels_last
 
-    nhwc = _SWITCHES.get("channels_last", False)
+    nhwc = _SWITCHES["channels_last"]
     h = to_channels_last(x) if nhwc else x
     with torch.autocast("cpu", dtype=torch.bfloat16,
-                        enabled=_SWITCHES.get("precision", "fp32") == "bf16"):
+                        enabled=_SWITCHES["precision"] == "bf16"):
         for i in range(4):
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
             h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
@@ -398,8 +400,7 @@ def _child(kind: str, scale: Scale, args: tuple) -> dict[str, float]:
 
     if scale.tune_malloc:
         tune_allocator()
-    _SWITCHES.update(channels_last=scale.channels_last, precision=scale.precision,
-                     buffer=scale.buffer)
+    _SWITCHES.update({name: getattr(scale, name) for name in _SWITCH_NAMES})
     if scale.threads is not None:
         torch.set_num_threads(scale.threads)
     return CASES[kind](scale, *args)
@@ -539,21 +540,26 @@ SWITCH_LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
 """Figure 6: the speed switches, added one at a time (fp32 unless stated)."""
 
 
+def _one_task(scale: Scale, method: str, log: Callable[[str], None]) -> dict[str, float]:
+    """Figures 6 and 7: one task's meta-iteration of ``method`` at ``scale``, its seconds
+    scaled to the meta-batch, and its peak RSS."""
+    from dataclasses import replace
+
+    r = run_case("meta_iteration", replace(scale, measured_tasks=1), method)
+    log(f"  {r['seconds']:.2f} s per task")
+    return {"task_seconds": r["seconds"], "seconds": r["seconds"] * scale.meta_batch,
+            "peak_rss_mb": r["peak_rss_mb"]}
+
+
 def _online(scale: Scale, log: Callable[[str], None]) -> dict[str, Any]:
     """Figure 7: Warp-Leap with the online objective (Algorithm 1), a fresh step per point
     versus the adaptation's own step (``share_step``); one task, extrapolated."""
-    from dataclasses import replace
-
     out: dict[str, Any] = {}
     for variant in ("first-order", "exact"):
         entry: dict[str, Any] = {}
         for mode in ("online", "online-shared"):
             log(f"online {variant} {mode} ...")
-            r = run_case("meta_iteration", replace(scale, measured_tasks=1),
-                         f"warp-leap-{variant}@{mode}")
-            entry[mode] = {"task_seconds": r["seconds"], "seconds": r["seconds"] * scale.meta_batch,
-                           "peak_rss_mb": r["peak_rss_mb"]}
-            log(f"  {r['seconds']:.2f} s per task")
+            entry[mode] = _one_task(scale, f"warp-leap-{variant}@{mode}", log)
         entry["speedup"] = entry["online"]["task_seconds"] / entry["online-shared"]["task_seconds"]
         out[variant] = entry
     return out
@@ -566,16 +572,13 @@ def _switches(scale: Scale, log: Callable[[str], None]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for variant in ("first-order", "exact"):
-        rungs = []
+        rungs: list[dict[str, Any]] = []
         for label, switches in SWITCH_LADDER:
             log(f"switches {variant}: {label} ...")
-            rung = replace(scale, measured_tasks=1, **{"precision": "fp32", **switches})
-            r = run_case("meta_iteration", rung, f"warp-leap-{variant}")
-            rungs.append({"label": label, "switches": switches,
-                          "task_seconds": r["seconds"],
-                          "seconds": r["seconds"] * scale.meta_batch,
-                          "speedup": rungs[0]["task_seconds"] / r["seconds"] if rungs else 1.0})
-            log(f"  {r['seconds']:.2f} s per task")
+            rung = replace(scale, **{"precision": "fp32", **switches})
+            r = _one_task(rung, f"warp-leap-{variant}", log)
+            speedup = rungs[0]["task_seconds"] / r["task_seconds"] if rungs else 1.0
+            rungs.append({"label": label, "switches": switches, **r, "speedup": speedup})
         out[variant] = rungs
     return out
 
