@@ -259,7 +259,8 @@ class _OnlineAccumulator:
         self.share = objective.share_step and objective.variant != "no-step"
         self.needs_step_graph = self.share and objective.variant == "exact"
         # the meta-parameters; backpropagating into nothing else skips θ_k's own gradient
-        self.inputs = [*model.warp_parameters().values(), *optimizer.parameters()]
+        self.inputs = [p for p in (*model.warp_parameters().values(), *optimizer.parameters())
+                       if p.requires_grad]
 
     def observe(self, record: StepRecord) -> None:
         final = record.grad is None
@@ -274,9 +275,8 @@ class _OnlineAccumulator:
         else:  # θ_K has no adaptation step after it: take a fresh one
             loss = self.objective.point_loss(self.model, self.loss_fn, self.optimizer,
                                              record.theta, record.state, inner, metas)
-        inputs = [p for p in self.inputs if p.requires_grad]
-        if inputs:
-            torch.autograd.backward(loss * self.scale, inputs=inputs)
+        if self.inputs:
+            torch.autograd.backward(loss * self.scale, inputs=self.inputs)
         self.losses.append(loss.item())
 
 
