@@ -150,8 +150,8 @@ class _DiskRows:
         self.fd = self.file.fileno()
 
     def write(self, i: int, row: Tensor) -> None:
-        data = row.to("cpu", self.dtype).contiguous().view(torch.uint8).numpy().tobytes()
-        written = os.pwrite(self.fd, data, i * self.row_bytes)
+        data = row.to("cpu", self.dtype).contiguous().view(torch.uint8).numpy()
+        written = os.pwrite(self.fd, data, i * self.row_bytes)  # from the tensor's memory
         if written != self.row_bytes:
             raise OSError(f"replay buffer file: wrote {written} of {self.row_bytes} bytes "
                           f"(disk full in {self.directory}?)")
