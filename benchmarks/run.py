@@ -1,8 +1,9 @@
 """Run the benchmark suite: ``python benchmarks/run.py [--scale full|small] [--out DIR]``.
 
 The same as ``warpgrad bench`` (options: ``--threads``, ``--tasks``, ``--only``,
-``--precision``, ``--channels-last``, ``--buffer``, ``--no-tune-malloc``); see
-BENCHMARKS.md for the figures and the latest results.
+``--precision``, ``--channels-last``, ``--buffer``, ``--no-tune-malloc``, ``--compile``,
+``--device``); see BENCHMARKS.md for the figures and the latest results. ``gpu.sh`` beside
+this file is the prepared check for a lent GPU machine.
 """
 
 from warpgrad.cli import bench

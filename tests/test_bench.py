@@ -94,6 +94,12 @@ def test_switch_ladder_is_measured_rung_by_rung(small):
             assert r["seconds"] == pytest.approx(r["task_seconds"] * 2)  # meta-batch 2
             assert r["speedup"] == pytest.approx(rungs[0]["task_seconds"] / r["task_seconds"])
         assert f"| switches | warp-leap-{variant}: + bf16 |" in (out / "bench.md").read_text()
+        # the target is judged on the fastest rung of this run, whichever it is
+        fastest = min(rungs, key=lambda r: r["seconds"])
+        judged = [t for t in results["targets"]
+                  if t["target"].startswith(f"warp-leap-{variant} meta-iteration seconds, ")]
+        assert len(judged) == 1 and judged[0]["value"] == fastest["seconds"]
+    assert [s.get("compile", False) for _, s in bench.SWITCH_LADDER][:3] == [False, False, True]
 
 
 def test_online_figure_compares_fresh_and_shared_steps(small):
@@ -221,4 +227,45 @@ def test_cli_bench_rejects_unknown_figures_and_writes_results(tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     assert (seen[0].precision, seen[0].buffer) == ("bf16", "disk")
     assert seen[0].channels_last is False and seen[0].tune_malloc is False
+    assert seen[0].compile is False and seen[0].device == "cpu"  # the defaults
     assert "precision bf16, buffer disk" in result.output
+    result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
+                                       str(tmp_path / "d"), "--compile"])
+    assert result.exit_code == 0 and seen[-1].compile is True
+    assert "compile on" in result.output
+    result = CliRunner().invoke(main, ["bench", "--device", "tpu"])
+    assert result.exit_code == 2 and "unknown device" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_cli_bench_refuses_cuda_where_there_is_none():
+    result = CliRunner().invoke(main, ["bench", "--device", "cuda"])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    with pytest.raises(ValueError, match="CUDA"):
+        bench.main("small", device="cuda")
+
+
+def test_gpu_results_report_device_memory_and_the_one_hour_goal(monkeypatch):
+    """On a GPU the figures carry the device's peak memory (the other tasks' buffer rows
+    added there), the CPU time targets give way to the 1,000-iterations-in-an-hour goal, and
+    the markdown names the card."""
+    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: {
+        "seconds": 0.1, "peak_rss_mb": 900.0, "peak_growth_mb": 50.0, "peak_device_mb": 700.0,
+        "num_params": 1000})
+    monkeypatch.setattr(bench, "machine_info", lambda threads, device: {
+        "cpu": "test cpu", "cores": 16, "torch": "2.13", "threads": 16, "python": "3.11",
+        "device": device, "gpu": "Test GPU 80GB"})
+    scale = replace(bench.SCALES["full"], device="cuda")
+    results = bench.run_suite(scale, bench.Suite(("meta_iteration",)))
+    meta = results["meta_iteration"]
+    buffer_mb = 19 * 101 * 1000 * 4 / 1e6
+    assert meta["warp-leap-exact"]["peak_device_mb"] == pytest.approx(700.0 + buffer_mb)
+    assert meta["warp-leap-exact"]["peak_rss_mb"] == pytest.approx(900.0)
+    assert meta["leap"]["peak_device_mb"] == pytest.approx(700.0)
+    targets = {t["target"]: t for t in results["targets"]}
+    hours = targets["warp-leap-first-order: 1,000 meta-iterations, hours"]
+    assert hours["value"] == pytest.approx(0.1 * 20 * 1000 / 3600) and hours["met"] is True
+    assert "warp-leap-exact meta-iteration seconds" not in targets  # a CPU target
+    text = bench.markdown(results)
+    assert "GPU: Test GPU 80GB" in text
+    assert "| meta-iteration peak GPU memory | warp-leap-exact |" in text

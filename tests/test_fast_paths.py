@@ -211,3 +211,77 @@ def test_parallel_task_adaptation_on_conv4_is_the_same_meta_step():
         learner.meta_step(tasks)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(results[1], results[0], rtol=1e-8, atol=1e-10)
+
+
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def _meta_step_parameters(compiled: bool, method: str, warp: WarpGrad | None,
+                          tasks: list[Task]) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = conv4(3, filters=4, compile=compiled).double()
+    learner = make_learner(method, model, F.cross_entropy, steps=2, inner_lr=0.1, seed=0,
+                           **({"warp": warp} if warp is not None else {}))
+    if compiled:
+        torch._dynamo.reset()  # compiled graphs are shared by equal models: start afresh
+    before = _compiled_graphs()
+    learner.meta_step(tasks)
+    if compiled:  # it really ran compiled graphs, not a silent eager fallback
+        assert _compiled_graphs() > before
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("method,warp", [
+    ("warp-leap", WarpGrad("exact")),
+    ("warp-leap", WarpGrad("first-order")),
+    # passes whose gradient is differentiated again stay eager: MAML's adaptation and the
+    # exact shared step (compiled graphs have no double backward)
+    ("warp-maml", WarpGrad("first-order", "online")),
+    ("warp-leap", WarpGrad("exact", "online", share_step=True)),
+])
+def test_compiled_forward_gives_the_eager_meta_step(method, warp):
+    """compile=True is the same computation: a whole meta-step in float64 (adaptation, the
+    meta-objective's inner and outer passes, φ and θ_0 updates) equals eager's to rounding."""
+    tasks = [_image_task(seed, dtype=torch.float64) for seed in range(2)]
+    eager = _meta_step_parameters(False, method, warp, tasks)
+    compiled = _meta_step_parameters(True, method, warp, tasks)
+    torch.manual_seed(0)
+    start = torch.cat([p.detach().flatten() for p in conv4(3, filters=4).double().parameters()])
+    assert (eager - start).abs().max() > 1e-3  # the step did something
+    torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_model_copies_run_their_own_parameters():
+    model = conv4(3, filters=4, compile=True)
+    x = torch.rand(5, 1, 28, 28)
+    out = model(x)
+    clone = copy.deepcopy(model)
+    torch.testing.assert_close(clone(x), out, rtol=0, atol=0)
+    with torch.no_grad():
+        for p in clone.warp_parameters().values():
+            p.mul_(2.0)
+    changed = clone(x)
+    assert not torch.allclose(changed, out, atol=1e-3)  # the clone's φ, not the original's
+    with clone.eager():
+        assert not clone.compile_forward
+        torch.testing.assert_close(clone(x), changed, rtol=1e-4, atol=1e-5)
+    assert clone.compile_forward
+
+
+def test_speed_switches_in_a_config_reach_the_learner():
+    from warpgrad.experiments.classification import ClassificationExperiment
+    from warpgrad.experiments.registry import load_experiment
+
+    _, config = load_experiment("glyphs-multishot", [
+        "compile=true", "precision=bf16", "channels_last=true", "buffer_on_disk=true",
+        "buffer_dtype=float16", "filters=4", "n_train_tasks=2", "n_test_tasks=1"])
+    learner = ClassificationExperiment(config).build_learner("warp-leap")
+    model = learner.model
+    assert (model.compile_forward, model.precision, model.channels_last) == (True, "bf16", True)
+    assert learner.warp.buffer_on_disk and learner.warp.buffer_dtype == torch.float16
+    plain = ClassificationExperiment(load_experiment("glyphs-multishot", [
+        "filters=4", "n_train_tasks=2", "n_test_tasks=1"])[1]).build_learner("warp-leap")
+    assert (plain.model.compile_forward, plain.model.precision) == (False, "fp32")

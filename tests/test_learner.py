@@ -164,6 +164,13 @@ def test_shared_step_differs_on_mini_batches_and_needs_the_online_regime():
     assert not torch.allclose(phis[0], phis[1])  # other batches, other (valid) samples
     with pytest.raises(ValueError, match="online"):
         WarpGrad("exact", "offline", share_step=True)
+    # MAML differentiates through the adaptation; the shared exact step's graph would then
+    # reach back through θ_k, which WarpGrad holds constant
+    with pytest.raises(ValueError, match="share_step"):
+        make_learner("warp-maml", tiny_warped_mlp(), F.mse_loss, steps=2,
+                     warp=WarpGrad("exact", "online", share_step=True))
+    make_learner("warp-maml", tiny_warped_mlp(), F.mse_loss, steps=2,
+                 warp=WarpGrad("first-order", "online", share_step=True))  # detached: fine
 
 
 @pytest.mark.parametrize("method,regime", [("warp-leap", "offline"), ("warp-leap", "online"),

@@ -227,8 +227,13 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
               show_default=True, help="where the offline replay buffer keeps its points")
 @click.option("--tune-malloc/--no-tune-malloc", default=True, show_default=True,
               help="let glibc reuse freed memory (warpgrad.tune_allocator)")
+@click.option("--compile/--no-compile", "compile_forward", default=False, show_default=True,
+              help="torch.compile the model's forward (compiles during each case's warm-up)")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda: where every case's model, data and buffer live")
 def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: str | None,
-          channels_last: bool, precision: str, buffer: str, tune_malloc: bool) -> None:
+          channels_last: bool, precision: str, buffer: str, tune_malloc: bool,
+          compile_forward: bool, device: str) -> None:
     """Benchmark one meta-iteration: seconds, peak memory, overhead over bare compute.
 
     Prints a markdown table and writes OUT/bench.json and OUT/bench.md (see BENCHMARKS.md).
@@ -242,9 +247,13 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
     if sections is not None and not set(sections) <= known:
         _fail(f"unknown figure(s) {sorted(set(sections) - known)}; expected any of "
               f"{sorted(known)}")
+    if device != "cpu" and not device.startswith("cuda"):
+        _fail(f"unknown device {device!r}; expected cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        _fail("device 'cuda' requested but CUDA is not available here; use cpu")
     run_bench(scale, out, threads=threads, measured_tasks=tasks, sections=sections,
               channels_last=channels_last, precision=precision, buffer=buffer,
-              tune_malloc=tune_malloc,
+              tune_malloc=tune_malloc, compile_forward=compile_forward, device=device,
               log=lambda line: click.echo(line, err=not line.startswith("## ")))
 
 

@@ -97,6 +97,13 @@ class MetaLearner:
         if warp is not None and not model.warp_names and not learn_lr and not learn_momentum:
             raise ValueError("a warp objective needs warp layers: the model has none "
                              "(name them in WarpedModel(module, warps=[...]))")
+        if (warp is not None and warp.share_step and warp.variant == "exact"
+                and init is not None and init.differentiable):
+            raise ValueError(
+                "WarpGrad(share_step=True) with the exact variant cannot be combined with a "
+                "second-order initialisation objective (MAML): the adaptation's step graph "
+                "would carry φ's meta-gradient back through θ_k into the adaptation, while "
+                "WarpGrad holds θ_k constant. Use share_step=False or the first-order variant")
         self.model = model
         self.loss_fn = loss_fn
         self.steps = steps

@@ -9,6 +9,7 @@ MAML asks for the loop to keep its autograd graph.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,12 +107,15 @@ def adapt(
     state = optimizer.init_state(theta)
     buffers = model.task_buffers()
     step_graph = any(getattr(o, "needs_step_graph", False) for o in observers)
+    # a gradient that is differentiated again cannot come from a compiled graph
+    mode = model.eager if create_graph or step_graph else nullcontext
     losses = []
     for k in range(steps):
         x, y = task.train_batch(generator)
         if not create_graph:
             theta = theta.detach().requires_grad_()
-        loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
+        with mode():
+            loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
         (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph or step_graph)
         losses.append(loss.detach())
         if observers:

@@ -94,10 +94,12 @@ class ClassificationConfig:
     batched: bool = False
     buffer_dtype: str = "float32"
     buffer_on_disk: bool = False
-    # speed switches (BENCHMARKS.md): channels-last is the same computation, bf16 is not
+    # speed switches (BENCHMARKS.md): channels-last and compile are the same computation (up
+    # to float rounding), bf16 is not
     channels_last: bool = False
     precision: str = "fp32"
     parallel_tasks: bool = False
+    compile: bool = False
     # evaluation and bookkeeping
     eval_tasks: int = 600
     checkpoint_every: int = 10
@@ -222,7 +224,8 @@ class ClassificationExperiment:
             warp=c.warp if spec.needs_warps else None, warp_depth=c.warp_depth,
             warp_batch_norm=c.warp_batch_norm, warp_residual=c.warp_residual,
             warp_activation=None if c.warp_activation == "none" else c.warp_activation,
-            batch_norm=c.batch_norm, channels_last=c.channels_last, precision=c.precision)
+            batch_norm=c.batch_norm, channels_last=c.channels_last, precision=c.precision,
+            compile=c.compile)
         warp = (WarpGrad(c.warp_variant, c.warp_regime, epochs=c.warp_epochs,
                          points_per_update=c.points_per_update, stride=c.point_stride,
                          batched=c.batched, buffer_dtype=getattr(torch, c.buffer_dtype),

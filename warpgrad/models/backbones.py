@@ -40,6 +40,7 @@ def conv4(
     batch_norm: Literal["batch", "running"] = "batch",
     channels_last: bool = False,
     precision: Precision = "fp32",
+    compile: bool = False,
 ) -> WarpedModel:
     """Conv4 learner: 4 x [3x3 conv (pad 1) → 2x2 max-pool → BN → ReLU → warp], then a linear
     head. Spatial size 28→14→7→3→1 or 84→42→21→10→5.
@@ -54,8 +55,8 @@ def conv4(
         warp_blocks: which blocks (1-4) get a warp layer.
         batch_norm: ``"batch"`` (per-batch statistics, the default) or ``"running"``
             (per-task running statistics used at evaluation), see the module docstring.
-        channels_last, precision: speed switches of :class:`WarpedModel`, off by default
-            (measured in BENCHMARKS.md, figure 6).
+        channels_last, precision, compile: speed switches of :class:`WarpedModel`, off by
+            default (measured in BENCHMARKS.md, figure 6).
 
     Returns:
         A :class:`WarpedModel` mapping ``[B, C, H, W]`` images to ``[B, num_classes]`` logits.
@@ -84,7 +85,7 @@ def conv4(
     layers["flatten"] = nn.Flatten()
     layers["head"] = nn.Linear(filters * size * size, num_classes)
     return WarpedModel(nn.Sequential(layers), warps, channels_last=channels_last,
-                       precision=precision)
+                       precision=precision, compile=compile)
 
 
 def mlp(

@@ -92,6 +92,15 @@ class WarpedModel(nn.Module):
             under ``torch.autocast`` in bfloat16. Parameters, θ, the optimiser and the outputs
             stay float32. Faster where the hardware has bf16 units, but gradients are only
             approximately those of fp32 (see BENCHMARKS.md): a speed switch, off by default.
+        compile: run the functional forward through ``torch.compile`` (TorchInductor), which
+            fuses the element-wise layers around the convolutions in the forward and backward
+            passes. The first call at each new input shape or gradient need compiles (seconds
+            to a minute on a CPU; needs a C++ compiler there). A compiled graph cannot be
+            differentiated twice, so a pass whose gradient is itself differentiated
+            (``create_graph``) must run inside :meth:`eager`, as the engine does for MAML's
+            adaptation and the exact shared step; under ``torch.func`` transforms the forward
+            stays eager. Meta-gradients equal the eager ones up to float rounding (tests,
+            float64). Off by default; measured in BENCHMARKS.md, figure 6.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.Linear(40, 1))
@@ -103,13 +112,16 @@ class WarpedModel(nn.Module):
     """
 
     def __init__(self, module: nn.Module, warps: Iterable[str] = (), *,
-                 channels_last: bool = False, precision: Precision = "fp32") -> None:
+                 channels_last: bool = False, precision: Precision = "fp32",
+                 compile: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.module = module
         self.channels_last = channels_last
         self.precision = precision
+        self.compile_forward = compile
+        self._compiled: object | None = None  # built on first use: compiling is lazy anyway
         warps = tuple(warps)
         submodules = dict(module.named_modules())
         unknown = [w for w in warps if w not in submodules or w == ""]
@@ -182,11 +194,26 @@ class WarpedModel(nn.Module):
             buffers = self.task_buffers()
         if self.channels_last and x.dim() == 4:
             x = to_channels_last(x)
+        run = self._run
+        # under torch.func transforms (vmap, grad) dynamo gives up on the frame for good, so
+        # those calls stay eager
+        if self.compile_forward and not _in_functorch_transform():
+            if self._compiled is None:
+                self._compiled = torch.compile(self._run)
+            run = self._compiled
+        return run(params, buffers, x, *args)
+
+    def _run(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
+             *args) -> object:
         if self.precision == "fp32":
             return functional_call(self.module, (params, buffers), (x, *args), strict=False)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             out = functional_call(self.module, (params, buffers), (x, *args), strict=False)
         return _to_float32(out)
+
+    def __getstate__(self) -> dict:
+        # the compiled callable is bound to this instance: a copy compiles its own
+        return {**super().__getstate__(), "_compiled": None}
 
     @property
     def has_buffers(self) -> bool:
@@ -204,6 +231,17 @@ class WarpedModel(nn.Module):
         finally:
             self.channels_last = saved
 
+    @contextmanager
+    def eager(self) -> Iterator[None]:
+        """Inside the block the forward runs eagerly even with ``compile=True``: for passes
+        whose gradient is itself differentiated (``create_graph``), which compiled graphs
+        cannot do."""
+        saved, self.compile_forward = self.compile_forward, False
+        try:
+            yield
+        finally:
+            self.compile_forward = saved
+
     def describe(self) -> str:
         """A table of every parameter, its shape and whether it is task (θ) or warp (φ)."""
         rows = [f"{'parameter':<40} {'shape':<20} set"]
@@ -213,6 +251,11 @@ class WarpedModel(nn.Module):
         rows.append(f"task parameters: {self.task_spec.numel:,}  warp parameters: "
                     f"{self.warp_spec.numel:,}")
         return "\n".join(rows)
+
+
+def _in_functorch_transform() -> bool:
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _to_float32(value: object) -> object:
