@@ -23,16 +23,17 @@ class _Keep:
         self.records.append(record)
 
 
-def _expected_warp_gradient(model, tasks, objective, lr, steps):
-    """Mean of the point-wise meta-gradients over every point of every task, computed
-    point by point from independently recorded trajectories (full-batch tasks: no sampling)."""
+def _expected_warp_gradient(model, tasks, objective, lr, steps, chosen=None):
+    """Mean of the point-wise meta-gradients over every point of every task (or over the
+    ``chosen[i]`` steps of task i), computed point by point from independently recorded
+    trajectories (full-batch tasks: no sampling)."""
     learner = MetaLearner(model, F.mse_loss, steps=steps, warp=objective, inner_lr=lr)
     total, count = 0.0, 0
-    for task in tasks:
+    for i, task in enumerate(tasks):
         keep = _Keep()
         adapt(model, model.init_theta(), task, F.mse_loss, learner.optimizer, steps,
               observers=[keep])
-        points = keep.records
+        points = [p for p in keep.records if chosen is None or p.step in chosen[i]]
         for p in points:
             batches = task.warp_batches(p.step)
             loss = objective.point_loss(model, F.mse_loss, learner.optimizer, p.theta, p.state,
@@ -56,6 +57,35 @@ def test_one_meta_step_moves_phi_by_the_mean_meta_gradient(regime):
     stats = learner.meta_step(tasks)
     torch.testing.assert_close(before - _phi_vector(model), expected)
     assert "warp_loss" in stats
+
+
+@pytest.mark.parametrize("regime", ["online", "offline"])
+def test_a_random_fraction_of_points_gives_the_mean_meta_gradient_of_those(regime):
+    """point_fraction: each task contributes its own random subset of trajectory points,
+    drawn from the learner's generator, and φ moves by the mean meta-gradient over them."""
+    tasks = [regression_task(s) for s in range(3)]
+    steps, lr = 5, 0.4
+    model = tiny_warped_mlp()
+    objective = WarpGrad("exact", regime, point_fraction=0.5, points_per_update=9)
+    assert objective.points_per_task(steps) == 3  # half of θ_0..θ_5
+    generator = torch.Generator().manual_seed(7)  # the learner's, replayed
+    chosen = [objective.sample_steps(steps, generator) for _ in tasks]
+    assert all(len(c) == 3 and c <= set(range(steps + 1)) for c in chosen)
+    assert len(set(chosen)) > 1  # each task draws its own subset
+    expected = _expected_warp_gradient(model, tasks, objective, lr, steps, chosen)
+    everything = _expected_warp_gradient(model, tasks, WarpGrad("exact", regime), lr, steps)
+    assert not torch.allclose(expected, everything)  # really a subsample
+    before = _phi_vector(model)
+    learner = MetaLearner(model, F.mse_loss, steps=steps, warp=objective, inner_lr=lr,
+                          warp_lr=1.0, seed=7)
+    learner.meta_step(tasks)
+    torch.testing.assert_close(before - _phi_vector(model), expected)
+    with pytest.raises(ValueError, match="point_fraction"):
+        WarpGrad(point_fraction=0.0)
+    # with stride: the fraction is of the strided points (θ_0, θ_2, θ_4, θ_5)
+    strided = WarpGrad(stride=2, point_fraction=0.5)
+    assert strided.sample_steps(5, torch.Generator().manual_seed(0)) <= {0, 2, 4, 5}
+    assert strided.points_per_task(5) == 2
 
 
 def test_offline_makes_one_warp_update_per_point_mini_batch():

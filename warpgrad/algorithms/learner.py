@@ -217,10 +217,11 @@ class MetaLearner:
         watchers = []  # per task: (init observer, online observer, all observers)
         for index, task in enumerate(tasks):
             init_observer = init.observer() if init is not None else None
+            used = warp.sample_steps(self.steps, self.generator) if warp is not None else None
             online_observer = warp.online_observer(
                 model, self.loss_fn, self.optimizer, task, self.generator,
-                scale / warp.points_per_task(self.steps)) if online else None
-            recorder = buffer.recorder(index, warp.stride) if buffer is not None else None
+                scale / warp.points_per_task(self.steps), steps=used) if online else None
+            recorder = buffer.recorder(index, steps=used) if buffer is not None else None
             observers: list[Observer] = [o for o in (init_observer, online_observer, recorder)
                                          if o is not None]
             watchers.append((init_observer, online_observer, observers))

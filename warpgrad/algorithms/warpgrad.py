@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import torch
@@ -57,6 +57,11 @@ class WarpGrad:
         points_per_update: offline mini-batch size in buffer points (one φ update each).
         stride: use every ``stride``-th trajectory point (θ_0, θ_stride, ..., plus θ_K):
             Monte-Carlo subsampling of the trajectory.
+        point_fraction: use a random fraction of those points: per task,
+            ``max(1, round(point_fraction * n))`` of its ``n`` points, drawn without
+            replacement from the learner's generator before the task adapts; only they are
+            stored (offline) or evaluated (online). The meta-loss is their mean, an unbiased
+            estimate of the mean over all ``n``.
         batched: evaluate a mini-batch of points in one ``torch.func.vmap`` call instead of
             one at a time (same result; falls back to one at a time when batch shapes differ
             across the points, when the model keeps running batch-norm statistics, and for
@@ -82,6 +87,7 @@ class WarpGrad:
         epochs: int = 1,
         points_per_update: int = 1,
         stride: int = 1,
+        point_fraction: float = 1.0,
         batched: bool = False,
         chunk_size: int | None = None,
         buffer_dtype: torch.dtype | None = None,
@@ -102,7 +108,10 @@ class WarpGrad:
         self.regime = regime
         self.epochs = epochs
         self.points_per_update = points_per_update
+        if not 0.0 < point_fraction <= 1.0:
+            raise ValueError(f"point_fraction must be in (0, 1], got {point_fraction}")
         self.stride = stride
+        self.point_fraction = point_fraction
         self.batched = batched
         self.chunk_size = chunk_size
         self.buffer_dtype = buffer_dtype
@@ -112,9 +121,25 @@ class WarpGrad:
                              "after φ has moved, so the adaptation's step is not theirs")
         self.share_step = share_step
 
+    def strided_steps(self, steps: int) -> list[int]:
+        """The steps of a K-step trajectory that ``stride`` keeps: 0, stride, ..., and K."""
+        kept = list(range(0, steps + 1, self.stride))
+        return kept if kept[-1] == steps else [*kept, steps]
+
     def points_per_task(self, steps: int) -> int:
         """How many points of a K-step trajectory the objective uses."""
-        return steps // self.stride + 1 + (1 if steps % self.stride else 0)
+        n = len(self.strided_steps(steps))
+        return n if self.point_fraction == 1.0 else max(1, round(self.point_fraction * n))
+
+    def sample_steps(self, steps: int, generator: torch.Generator | None = None
+                     ) -> frozenset[int]:
+        """The steps whose points one task's trajectory contributes: the strided ones, then
+        a random ``point_fraction`` of them (no draw from ``generator`` when it is 1)."""
+        kept = self.strided_steps(steps)
+        if self.point_fraction < 1.0:
+            pick = torch.randperm(len(kept), generator=generator)[: self.points_per_task(steps)]
+            kept = [kept[i] for i in pick.tolist()]
+        return frozenset(kept)
 
     # -- the meta-loss at one point -------------------------------------------------------
 
@@ -209,12 +234,14 @@ class WarpGrad:
     # -- the two regimes ------------------------------------------------------------------
 
     def online_observer(self, model: WarpedModel, loss_fn: LossFn, optimizer: InnerSGD,
-                        task: Task, generator: torch.Generator | None, scale: float
-                        ) -> _OnlineAccumulator:
+                        task: Task, generator: torch.Generator | None, scale: float,
+                        steps: Collection[int] | None = None) -> _OnlineAccumulator:
         """Algorithm 1: an adaptation observer that backpropagates ``scale`` x the meta-loss
         at each used point into φ's ``.grad`` as the task adapts (one graph alive at a time,
-        so memory does not grow with K)."""
-        return _OnlineAccumulator(self, model, loss_fn, optimizer, task, generator, scale)
+        so memory does not grow with K). ``steps``: the points to use (from
+        :meth:`sample_steps`); by default every ``stride``-th and the last."""
+        return _OnlineAccumulator(self, model, loss_fn, optimizer, task, generator, scale,
+                                  steps)
 
     def offline_update(
         self,
@@ -252,8 +279,9 @@ class _OnlineAccumulator:
 
     def __init__(self, objective: WarpGrad, model: WarpedModel, loss_fn: LossFn,
                  optimizer: InnerSGD, task: Task, generator: torch.Generator | None,
-                 scale: float) -> None:
+                 scale: float, steps: Collection[int] | None) -> None:
         self.objective, self.model, self.loss_fn = objective, model, loss_fn
+        self.steps = steps
         self.optimizer, self.task, self.generator, self.scale = optimizer, task, generator, scale
         self.losses: list[float] = []
         self.share = objective.share_step and objective.variant != "no-step"
@@ -264,7 +292,10 @@ class _OnlineAccumulator:
 
     def observe(self, record: StepRecord) -> None:
         final = record.grad is None
-        if record.step % self.objective.stride and not final:
+        if self.steps is not None:
+            if record.step not in self.steps:
+                return
+        elif record.step % self.objective.stride and not final:
             return
         inner, metas = self.task.warp_batches(record.step, self.generator)
         if self.share and not final:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -99,23 +100,29 @@ class ReplayBuffer:
         states = None if self._states is None else self._states.read(index).to(self.dtype)
         return Points(thetas, states, self.task_index[index], self.step[index])
 
-    def recorder(self, task_index: int, stride: int = 1) -> _Recorder:
+    def recorder(self, task_index: int, stride: int = 1, *,
+                 steps: Collection[int] | None = None) -> _Recorder:
         """An observer for :func:`~warpgrad.engine.adapt.adapt` that stores every
-        ``stride``-th point of one task's trajectory (θ_0, θ_stride, ..., and θ_K)."""
+        ``stride``-th point of one task's trajectory (θ_0, θ_stride, ..., and θ_K), or,
+        when ``steps`` is given, exactly the points of those steps."""
         if stride < 1:
             raise ValueError(f"stride must be at least 1, got {stride}")
-        return _Recorder(self, task_index, stride)
+        return _Recorder(self, task_index, stride, steps)
 
 
 class _Recorder:
     needs_final_loss = False
 
-    def __init__(self, buffer: ReplayBuffer, task_index: int, stride: int) -> None:
-        self.buffer, self.task_index, self.stride = buffer, task_index, stride
+    def __init__(self, buffer: ReplayBuffer, task_index: int, stride: int,
+                 steps: Collection[int] | None) -> None:
+        self.buffer, self.task_index, self.stride, self.steps = buffer, task_index, stride, steps
 
     def observe(self, record: StepRecord) -> None:
-        final = record.grad is None
-        if record.step % self.stride == 0 or final:
+        if self.steps is not None:
+            keep = record.step in self.steps
+        else:
+            keep = record.step % self.stride == 0 or record.grad is None  # θ_K: no gradient
+        if keep:
             self.buffer.add(record.theta, record.state, self.task_index, record.step)
 
 

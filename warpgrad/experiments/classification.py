@@ -91,6 +91,7 @@ class ClassificationConfig:
     points_per_update: int = 1
     warp_epochs: int = 1
     point_stride: int = 1
+    point_fraction: float = 1.0
     batched: bool = False
     buffer_dtype: str = "float32"
     buffer_on_disk: bool = False
@@ -122,6 +123,8 @@ class ClassificationConfig:
                      "warp_epochs", "point_stride", "eval_tasks", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.point_fraction <= 1.0:
+            raise ValueError(f"point_fraction must be in (0, 1], got {self.point_fraction}")
         if self.dataset != "glyphs" and not Path(self.data_root).expanduser().is_dir():
             raise ValueError(
                 f"dataset {self.dataset!r}: data root {self.data_root!r} does not exist; put the "
@@ -228,6 +231,7 @@ class ClassificationExperiment:
             compile=c.compile)
         warp = (WarpGrad(c.warp_variant, c.warp_regime, epochs=c.warp_epochs,
                          points_per_update=c.points_per_update, stride=c.point_stride,
+                         point_fraction=c.point_fraction,
                          batched=c.batched, buffer_dtype=getattr(torch, c.buffer_dtype),
                          buffer_on_disk=c.buffer_on_disk) if spec.warp else None)
         return make_learner(method, model.to(c.device), F.cross_entropy, steps=c.steps,
