@@ -162,6 +162,8 @@ def test_bare_forward_is_the_library_network(switches, monkeypatch):
     x = torch.rand(5, 1, 28, 28)
     atol = 1e-5 if model.precision == "fp32" else 0.0  # the same bf16 ops: the same rounding
     assert torch.allclose(bench._bare_forward(theta, warps, x), model(x), atol=atol)
+    with model.full_precision():  # the WarpGrad step's pass: float32 under every switch
+        assert torch.allclose(bench._bare_forward(theta, warps, x, True), model(x), atol=1e-5)
     plain = bench._model(8, False)
     assert torch.allclose(bench._bare_forward(list(plain.task_parameters().values()), [], x),
                           plain(x), atol=atol)

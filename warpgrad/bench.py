@@ -351,15 +351,17 @@ def _bare_params(filters: int, warped: bool) -> tuple[list[Tensor], list[Tensor]
     return [t.to(device) for t in theta], [w.to(device) for w in warps]
 
 
-def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor) -> Tensor:
+def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
+                  full_precision: bool = False) -> Tensor:
     """Conv4 on plain tensors, with the case's layout and precision switches (and, in
-    channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy)."""
+    channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy).
+    ``full_precision``: float32 even under bf16, as the library's WarpGrad step runs."""
     from warpgrad.models.warped import to_channels_last
 
     nhwc = _SWITCHES["channels_last"]
     h = to_channels_last(x) if nhwc else x
     with torch.autocast(x.device.type, dtype=torch.bfloat16,
-                        enabled=_SWITCHES["precision"] == "bf16"):
+                        enabled=_SWITCHES["precision"] == "bf16" and not full_precision):
         for i in range(4):
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
             h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
@@ -407,7 +409,7 @@ def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
     for point in points:
         theta = [t.detach().requires_grad_() for t in point]
         inner = F.cross_entropy((_bare_forward if exact else forward)(
-            theta, phi if exact else warps, x), y)
+            theta, phi if exact else warps, x, True), y)
         grads = torch.autograd.grad(inner, theta, create_graph=exact)
         stepped = [t - INNER_LR * d for t, d in zip(theta, grads)]
         outer = F.cross_entropy(forward(stepped, phi, x), y)

@@ -171,17 +171,20 @@ class WarpGrad:
             def task_loss(th: Tensor) -> Tensor:
                 return loss_fn(model(x, th, phi), y)
 
-            if self.variant == "first-order" and not vmapped:
-                # plain autograd: cheaper than torch.func.grad outside vmap. Not for "exact":
-                # there θ would be a leaf of the step's graph, and a backward restricted to
-                # the meta-parameters leaves that graph's θ side alive (a leak), while an
-                # unrestricted one computes θ's unneeded Hessian terms.
-                with torch.enable_grad():  # the inner gradient exists even under no_grad
-                    leaf = theta.requires_grad_()
-                    (grad,) = torch.autograd.grad(task_loss(leaf), leaf)
-                theta = theta.detach()
-            else:
-                grad = torch.func.grad(task_loss)(theta)
+            # the step in float32 even under bf16: bf16 rounding in the inner gradient put a
+            # 79% error into the meta-gradient at the multi-shot protocol (BENCHMARKS.md)
+            with model.full_precision():
+                if self.variant == "first-order" and not vmapped:
+                    # plain autograd: cheaper than torch.func.grad outside vmap. Not for
+                    # "exact": there θ would be a leaf of the step's graph, and a backward
+                    # restricted to the meta-parameters leaves that graph's θ side alive (a
+                    # leak), while an unrestricted one computes θ's unneeded Hessian terms.
+                    with torch.enable_grad():  # the inner gradient exists even under no_grad
+                        leaf = theta.requires_grad_()
+                        (grad,) = torch.autograd.grad(task_loss(leaf), leaf)
+                    theta = theta.detach()
+                else:
+                    grad = torch.func.grad(task_loss)(theta)
             stepped, _ = optimizer.step(theta, grad, None if state is None else state.detach())
         losses = [loss_fn(model(xm, stepped), ym) for xm, ym in meta_batches]
         return torch.stack(losses).mean()

@@ -92,6 +92,8 @@ class WarpedModel(nn.Module):
             under ``torch.autocast`` in bfloat16. Parameters, θ, the optimiser and the outputs
             stay float32. Faster where the hardware has bf16 units, but gradients are only
             approximately those of fp32 (see BENCHMARKS.md): a speed switch, off by default.
+            WarpGrad's one step at θ_k always runs in float32 (:meth:`full_precision`): in
+            bf16 it put a 79% error into the meta-gradient at the multi-shot protocol.
         compile: run the functional forward through ``torch.compile`` (TorchInductor), which
             fuses the element-wise layers around the convolutions in the forward and backward
             passes. The first call at each new input shape or gradient need compiles (seconds
@@ -230,6 +232,16 @@ class WarpedModel(nn.Module):
             yield
         finally:
             self.channels_last = saved
+
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Inside the block the forward runs in float32 even with ``precision="bf16"``: for
+        passes whose rounding the result cannot absorb (WarpGrad's one step at θ_k)."""
+        saved, self.precision = self.precision, "fp32"
+        try:
+            yield
+        finally:
+            self.precision = saved
 
     @contextmanager
     def eager(self) -> Iterator[None]:
