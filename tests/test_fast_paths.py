@@ -309,3 +309,37 @@ def test_speed_switches_in_a_config_reach_the_learner():
     plain = ClassificationExperiment(load_experiment("glyphs-multishot", [
         "filters=4", "n_train_tasks=2", "n_test_tasks=1"])[1]).build_learner("warp-leap")
     assert (plain.model.compile_forward, plain.model.precision) == (False, "fp32")
+
+
+def test_bf16_shared_step_runs_the_adaptation_in_float32():
+    """With share_step the adaptation's step is WarpGrad's step at θ_k, so under bf16 the
+    adaptation asks for float32 (``needs_full_precision``): its trajectory is then the fp32
+    model's exactly, while a plain bf16 adaptation's is not."""
+    from warpgrad.engine import adapt
+
+    task = _image_task(0, batch_size=None)
+    torch.manual_seed(0)
+    full = conv4(3, filters=8)
+    half = copy.deepcopy(full)
+    half.precision = "bf16"
+
+    class NeedsFloat32:
+        needs_final_loss = False
+        needs_full_precision = True
+
+        def observe(self, record):
+            pass
+
+    def losses(model, observers):
+        return adapt(model, model.init_theta(), task, F.cross_entropy,
+                     InnerSGD(model.task_spec, 0.1), 3, observers=observers).losses
+
+    reference = losses(full, [])
+    torch.testing.assert_close(losses(half, [NeedsFloat32()]), reference, rtol=0, atol=0)
+    assert not torch.equal(losses(half, []), reference)
+    online = WarpGrad("first-order", "online", share_step=True).online_observer(
+        half, F.cross_entropy, InnerSGD(half.task_spec, 0.1), task, None, 1.0)
+    assert online.needs_full_precision
+    fresh = WarpGrad("first-order", "online").online_observer(
+        half, F.cross_entropy, InnerSGD(half.task_spec, 0.1), task, None, 1.0)
+    assert not fresh.needs_full_precision

@@ -289,6 +289,8 @@ class _OnlineAccumulator:
         self.losses: list[float] = []
         self.share = objective.share_step and objective.variant != "no-step"
         self.needs_step_graph = self.share and objective.variant == "exact"
+        # the shared step is WarpGrad's step at θ_k: float32 under bf16, as a fresh one is
+        self.needs_full_precision = self.share
         # the meta-parameters; backpropagating into nothing else skips θ_k's own gradient
         self.inputs = [p for p in (*model.warp_parameters().values(), *optimizer.parameters())
                        if p.requires_grad]

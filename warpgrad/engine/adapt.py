@@ -48,7 +48,9 @@ class Observer(Protocol):
     """Something that watches adaptation. ``needs_final_loss`` asks the engine to evaluate the
     training loss at θ_K (one extra forward pass). An observer may also set
     ``needs_step_graph = True``: each step's gradient is then taken with ``create_graph``
-    and shown as ``record.grad_graph`` (one step's graph alive at a time)."""
+    and shown as ``record.grad_graph`` (one step's graph alive at a time), and
+    ``needs_full_precision = True`` runs every step's pass in float32 under a bf16 model
+    (the step is then WarpGrad's step at θ_k, see ``WarpedModel.full_precision``)."""
 
     needs_final_loss: bool
 
@@ -109,12 +111,15 @@ def adapt(
     step_graph = any(getattr(o, "needs_step_graph", False) for o in observers)
     # a gradient that is differentiated again cannot come from a compiled graph
     mode = model.eager if create_graph or step_graph else nullcontext
+    precise = (model.full_precision
+               if any(getattr(o, "needs_full_precision", False) for o in observers)
+               else nullcontext)
     losses = []
     for k in range(steps):
         x, y = task.train_batch(generator)
         if not create_graph:
             theta = theta.detach().requires_grad_()
-        with mode():
+        with mode(), precise():
             loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
         (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph or step_graph)
         losses.append(loss.detach())
@@ -190,7 +195,10 @@ def adapt_tasks(
         return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
     step_all = torch.func.vmap(loss_and_grad)
-    with model.plain_layout():
+    precise = (model.full_precision
+               if any(getattr(o, "needs_full_precision", False) for obs in per_task for o in obs)
+               else nullcontext)
+    with model.plain_layout(), precise():
         losses = []
         for k in range(steps):
             x, y = stacked([task.train_batch(generator) for task in tasks])
