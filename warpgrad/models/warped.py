@@ -9,7 +9,7 @@ which the meta-optimiser updates in place.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -223,36 +223,30 @@ class WarpedModel(nn.Module):
         norm updates in place and ``torch.func.vmap`` therefore cannot batch."""
         return next(self.module.buffers(), None) is not None
 
-    @contextmanager
-    def plain_layout(self) -> Iterator[None]:
+    def plain_layout(self) -> AbstractContextManager[None]:
         """Inside the block, inputs keep their own memory layout: ``torch.func.vmap`` hides a
         dimension, and channels-last cannot be set on the 4-D view of a 5-D tensor."""
-        saved, self.channels_last = self.channels_last, False
-        try:
-            yield
-        finally:
-            self.channels_last = saved
+        return self._switched("channels_last", False)
 
-    @contextmanager
-    def full_precision(self) -> Iterator[None]:
+    def full_precision(self) -> AbstractContextManager[None]:
         """Inside the block the forward runs in float32 even with ``precision="bf16"``: for
         passes whose rounding the result cannot absorb (WarpGrad's one step at θ_k)."""
-        saved, self.precision = self.precision, "fp32"
-        try:
-            yield
-        finally:
-            self.precision = saved
+        return self._switched("precision", "fp32")
 
-    @contextmanager
-    def eager(self) -> Iterator[None]:
+    def eager(self) -> AbstractContextManager[None]:
         """Inside the block the forward runs eagerly even with ``compile=True``: for passes
         whose gradient is itself differentiated (``create_graph``), which compiled graphs
         cannot do."""
-        saved, self.compile_forward = self.compile_forward, False
+        return self._switched("compile_forward", False)
+
+    @contextmanager
+    def _switched(self, switch: str, value: object) -> Iterator[None]:
+        saved = getattr(self, switch)
+        setattr(self, switch, value)
         try:
             yield
         finally:
-            self.compile_forward = saved
+            setattr(self, switch, saved)
 
     def describe(self) -> str:
         """A table of every parameter, its shape and whether it is task (θ) or warp (φ)."""
