@@ -271,3 +271,14 @@ def test_gpu_results_report_device_memory_and_the_one_hour_goal(monkeypatch):
     text = bench.markdown(results)
     assert "GPU: Test GPU 80GB" in text
     assert "| meta-iteration peak GPU memory | warp-leap-exact |" in text
+    # memory against K is judged on the device's peak there (host RSS says nothing)
+    peaks = {"warpgrad-online": [300.0, 310.0], "warpgrad-offline": [300.0, 320.0],
+             "maml": [200.0, 900.0]}
+    results["memory_vs_steps"] = {"note": "one task", "cases": {
+        method: {k: {"peak_growth_mb": 5.0, "peak_device_mb": p}
+                 for k, p in zip(("5", "100"), values)} for method, values in peaks.items()}}
+    targets = {t["target"]: t for t in bench.check_targets(results)}
+    online = targets["WarpGrad online peak GPU memory K=100 / K=5"]
+    assert online["value"] == pytest.approx(310 / 300) and online["met"] is True
+    assert targets["MAML peak GPU memory K=100 / K=5"]["met"] is True
+    assert "| peak GPU memory vs K | maml K=100 | 900.0 | MB |" in bench.markdown(results)
