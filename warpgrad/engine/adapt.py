@@ -111,9 +111,7 @@ def adapt(
     step_graph = any(getattr(o, "needs_step_graph", False) for o in observers)
     # a gradient that is differentiated again cannot come from a compiled graph
     mode = model.eager if create_graph or step_graph else nullcontext
-    precise = (model.full_precision
-               if any(getattr(o, "needs_full_precision", False) for o in observers)
-               else nullcontext)
+    precise = _precision(model, observers)
     losses = []
     for k in range(steps):
         x, y = task.train_batch(generator)
@@ -195,9 +193,7 @@ def adapt_tasks(
         return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
     step_all = torch.func.vmap(loss_and_grad)
-    precise = (model.full_precision
-               if any(getattr(o, "needs_full_precision", False) for obs in per_task for o in obs)
-               else nullcontext)
+    precise = _precision(model, [o for obs in per_task for o in obs])
     with model.plain_layout(), precise():
         losses = []
         for k in range(steps):
@@ -228,6 +224,13 @@ def adapt_tasks(
     trajectory = torch.stack(losses, 1) if losses else thetas.new_zeros(len(tasks), 0)
     return [Adaptation(thetas[i], None if states is None else states[i], trajectory[i], {})
             for i in range(len(tasks))]
+
+
+def _precision(model: WarpedModel, observers: Sequence[Observer]) -> Callable:
+    """The context every step's pass runs in: float32 when an observer asks for it."""
+    if any(getattr(o, "needs_full_precision", False) for o in observers):
+        return model.full_precision
+    return nullcontext
 
 
 def _detach(t: Tensor | None) -> Tensor | None:
