@@ -1,21 +1,67 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 7), one call of the workplace's `device` tool:
-#   run(command="bash benchmarks/gpu.sh", timeout_s=600)
-# 1. the CUDA tests (tests/test_cuda.py: GPU meta-steps equal the CPU's, compile on CUDA,
-#    the bench on CUDA); 2. the full-scale meta-iteration, warped-step and batched-objective
-#    figures on the GPU, eager and compiled. Needs only torch, numpy, tqdm and pytest (the lent
-#    machines' python3 has them). Results go to $OUT (the tool brings them back) or runs/gpu.
+#   run(command="bash benchmarks/gpu.sh", timeout_s=570)
+# Stages, most important first, each capped so that the whole stays inside GPU_BUDGET_S
+# (default 500 s) and a stage that runs long costs only itself:
+#   1. the full-scale figures 1, 2, 4 and 5 on the GPU, eager;
+#   2. figure 8: real meta-iterations over the whole meta-batch (tasks one by one, in
+#      parallel, points batched): the 1,000-iterations-in-an-hour question;
+#   3. the CUDA tests (tests/test_cuda.py: GPU meta-steps equal the CPU's, compile, bench);
+#   4. figures 1 and 2 for Warp-Leap with torch.compile;
+#   5. figure 8, then figures 1, 4 and 5, with CUDA graphs (cuda_graphs=True).
+# GPU_STAGES (comma-separated: info, glyphs, eager, training, tests, compile, graphs-training,
+# graphs) picks stages, e.g. for a second call on what the first left undone; GPU_TESTS is
+# a pytest -k expression for the tests stage.
+# Needs only torch, numpy, matplotlib, tqdm and pytest (the lent machines' python3 has them).
+# GPU_SCALE=small GPU_DEVICE=cpu OUT=/tmp/g bash benchmarks/gpu.sh rehearses it here.
+# What comes back ($OUT, or runs/gpu): all.log and one bench-STAGE.json per finished stage
+# (`python -c "from warpgrad.bench import markdown; ..."` renders a table from it).
 set -uo pipefail
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
-for mode in eager compile; do
-  python3 - "$out/bench-$mode" "$mode" <<'PY' 2>&1 | tee "$out/bench-$mode.log"
-import sys
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 WARPGRAD_CACHE=${WARPGRAD_CACHE:-/tmp/warpgrad-cache}
+deadline=$((SECONDS + ${GPU_BUDGET_S:-500}))
+log="$out/all.log"
+
+stage() {  # stage NAME CAP_S COMMAND...: run COMMAND for at most CAP_S (less if time is short)
+  local name=$1 cap=$2; shift 2
+  local left=$((deadline - SECONDS))
+  if ((left < 20)); then echo "== $name: skipped, ${left}s left" | tee -a "$log"; return; fi
+  ((cap > left)) && cap=$left
+  echo "== $name (at most ${cap}s, $((deadline - SECONDS))s left)" | tee -a "$log"
+  local start=$SECONDS
+  timeout -k 5 "$cap" "$@" 2>&1 | tee -a "$log"
+  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s" | tee -a "$log"
+}
+
+bench() {  # bench NAME COMPILE GRAPHS SECTIONS: the suite on the GPU; JSON to $out
+  # -c, not a here-document: the bench's forkserver children re-import __main__ by its path
+  python3 -c '
+import os, shutil, sys, tempfile
 from warpgrad.bench import main
-main("full", sys.argv[1], device="cuda", compile_forward=sys.argv[2] == "compile",
-     sections=("meta_iteration", "warped_step", "batched_objective"))
-PY
-done
+name, compiled, graphs, sections, out = sys.argv[1:]
+tmp = tempfile.mkdtemp()
+main(os.environ.get("GPU_SCALE", "full"), tmp, device=os.environ.get("GPU_DEVICE", "cuda"),
+     compile_forward=compiled == "1", cuda_graphs=graphs == "1",
+     sections=tuple(sections.split(",")))
+shutil.copy(f"{tmp}/bench.json", f"{out}/bench-{name}.json")
+' "$1" "$2" "$3" "$4" "$out"
+}
+export -f bench
+export out
+
+stages=",${GPU_STAGES:-info,glyphs,eager,training,tests,compile,graphs-training,graphs},"
+want() { [[ $stages == *",$1,"* ]]; }
+figures=meta_iteration,overhead,warped_step,batched_objective
+want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version \
+  --format=csv; nproc; python3 -c "import torch, sys; print(sys.version, torch.__version__, \
+  torch.version.cuda, torch.cuda.get_device_name())"'
+want glyphs && stage glyphs 60 python3 -c "from warpgrad.data import load_glyphs; print(load_glyphs())"
+want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
+want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training
+want tests && stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+  -k "${GPU_TESTS:-}"
+want compile && stage compile 200 bash -c 'bench "$@"' _ compile 1 0 overhead
+want graphs-training && stage graphs-training 150 bash -c 'bench "$@"' _ graphs-training 0 1 training
+want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective
+echo "== done, $((SECONDS))s in all" | tee -a "$log"

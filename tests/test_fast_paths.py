@@ -343,3 +343,83 @@ def test_bf16_shared_step_runs_the_adaptation_in_float32():
     fresh = WarpGrad("first-order", "online").online_observer(
         half, F.cross_entropy, InnerSGD(half.task_spec, 0.1), task, None, 1.0)
     assert not fresh.needs_full_precision
+
+
+# -- CUDA graphs: on the CPU the same plumbing runs without capture (tests/test_cuda.py
+# replays real graphs) --------------------------------------------------------------------
+def _graphed_meta_steps(graphs: bool, warp: WarpGrad | None, method: str = "warp-leap",
+                        **options) -> tuple[torch.Tensor, WarpedModel]:
+    torch.manual_seed(0)
+    model = conv4(3, filters=4, warp=None if warp is None else "conv3x3",
+                  cuda_graphs=graphs).double()
+    learner = make_learner(method, model, F.cross_entropy, steps=3, inner_lr=0.1, seed=0,
+                           **({} if warp is None else {"warp": warp}), **options)
+    tasks = [_image_task(s, dtype=torch.float64) for s in range(2)]
+    for _ in range(2):  # the second meta-step replays what the first captured
+        learner.meta_step(tasks)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), model
+
+
+@pytest.mark.parametrize("warp,options", [
+    (WarpGrad("exact"), {}),
+    (WarpGrad("first-order"), {"momentum": 0.9}),
+    (WarpGrad("first-order", points_per_update=4, batched=True), {"parallel_tasks": True}),
+    (WarpGrad("exact", points_per_update=3), {"parallel_tasks": True}),
+    (WarpGrad("no-step"), {"learn_lr": True}),
+], ids=["exact", "first-order-momentum", "batched-parallel", "exact-chunks", "no-step"])
+def test_graphed_paths_give_the_eager_meta_steps(warp, options):
+    eager, _ = _graphed_meta_steps(False, warp, **options)
+    graphed, model = _graphed_meta_steps(True, warp, **options)
+    torch.testing.assert_close(graphed, eager, rtol=1e-12, atol=1e-14)
+    # adaptation steps and φ updates both went through the cache: captured once per shape
+    names = {key[0][0] for key in model._graph_cache._graphs}
+    assert names == {"adapt_tasks" if options.get("parallel_tasks") else "adapt", "warpgrad"}
+    assert model._graph_cache.captures == len(model._graph_cache._graphs)
+
+
+def test_graphs_stay_out_of_maml_differentiable_adaptation():
+    eager, _ = _graphed_meta_steps(False, None, method="maml")
+    graphed, model = _graphed_meta_steps(True, None, method="maml")
+    torch.testing.assert_close(graphed, eager, rtol=1e-12, atol=1e-14)
+    assert getattr(model, "_graph_cache", None) is None or not model._graph_cache._graphs
+
+
+def test_graph_cache_recaptures_when_what_it_reads_moves_and_returns_fresh_outputs():
+    from warpgrad.engine.graphs import GraphCache
+
+    cache = GraphCache(max_graphs=2)
+    weight = torch.tensor([2.0, 3.0])
+    calls = []
+
+    def scaled(x):
+        calls.append(1)
+        return [x * weight, None]
+
+    out, missing = cache("scale", scaled, [torch.ones(2)], reads=[weight])
+    assert missing is None and torch.equal(out, weight)
+    out.add_(100.0)  # the caller's copy: the next call must not see it
+    again, _ = cache("scale", scaled, [torch.full((2,), 2.0)], reads=[weight])
+    assert torch.equal(again, 2 * weight) and cache.captures == 1
+    weight.mul_(10)  # updated in place (as φ is): read at replay, no recapture
+    assert torch.equal(cache("scale", scaled, [torch.ones(2)], [weight])[0], weight)
+    assert cache.captures == 1
+    moved = weight.clone()  # a new tensor (a copied model): captured afresh
+    assert torch.equal(cache("scale", scaled, [torch.ones(2)], [moved])[0], moved)
+    assert cache.captures == 2
+    cache("scale", scaled, [torch.ones(3, 2)], [weight])  # a new shape, beyond max_graphs
+    assert cache.captures == 3 and len(cache._graphs) == 2
+
+
+def test_cuda_graphs_switch_reaches_the_model_and_copies_start_their_own_cache():
+    from warpgrad.experiments.classification import ClassificationExperiment
+    from warpgrad.experiments.registry import load_experiment
+
+    _, config = load_experiment("glyphs-multishot", [
+        "cuda_graphs=true", "filters=4", "n_train_tasks=2", "n_test_tasks=1"])
+    learner = ClassificationExperiment(config).build_learner("warp-leap")
+    assert learner.model.cuda_graphs
+    learner.steps = 1
+    learner.meta_step([_image_task(0)])
+    assert learner.model._graph_cache._graphs
+    clone = copy.deepcopy(learner.model)
+    assert clone.cuda_graphs and getattr(clone, "_graph_cache", None) is None

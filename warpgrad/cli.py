@@ -218,7 +218,9 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
 @click.option("--tasks", type=click.IntRange(min=1),
               help="tasks of the meta-batch actually run (default: 1 at full scale, all at small)")
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
-              "memory_vs_steps, warped_step, batched_objective, switches, online (default: all)")
+              "memory_vs_steps, warped_step, batched_objective, switches, online (default: all "
+              "of these), training (only when named: whole meta-batches, tasks one by one "
+              "or in parallel)")
 @click.option("--channels-last/--no-channels-last", default=False, show_default=True,
               help="Conv4 on channels-last (NHWC) data")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
@@ -229,11 +231,13 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
               help="let glibc reuse freed memory (warpgrad.tune_allocator)")
 @click.option("--compile/--no-compile", "compile_forward", default=False, show_default=True,
               help="torch.compile the model's forward (compiles during each case's warm-up)")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
+              help="replay the engine's fixed-shape passes from CUDA graphs (a GPU switch)")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda: where every case's model, data and buffer live")
 def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: str | None,
           channels_last: bool, precision: str, buffer: str, tune_malloc: bool,
-          compile_forward: bool, device: str) -> None:
+          compile_forward: bool, cuda_graphs: bool, device: str) -> None:
     """Benchmark one meta-iteration: seconds, peak memory, overhead over bare compute.
 
     Prints a markdown table and writes OUT/bench.json and OUT/bench.md (see BENCHMARKS.md).
@@ -243,7 +247,7 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
 
     sections = None if only is None else tuple(s.strip() for s in only.split(","))
     known = {"meta_iteration", "overhead", "memory_vs_steps", "warped_step", "batched_objective",
-             "switches", "online"}
+             "switches", "online", "training"}
     if sections is not None and not set(sections) <= known:
         _fail(f"unknown figure(s) {sorted(set(sections) - known)}; expected any of "
               f"{sorted(known)}")
@@ -253,7 +257,8 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
         _fail("device 'cuda' requested but CUDA is not available here; use cpu")
     run_bench(scale, out, threads=threads, measured_tasks=tasks, sections=sections,
               channels_last=channels_last, precision=precision, buffer=buffer,
-              tune_malloc=tune_malloc, compile_forward=compile_forward, device=device,
+              tune_malloc=tune_malloc, compile_forward=compile_forward,
+              cuda_graphs=cuda_graphs, device=device,
               log=lambda line: click.echo(line, err=not line.startswith("## ")))
 
 

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from warpgrad.engine.adapt import LossFn, StepRecord
 from warpgrad.engine.buffer import Points, ReplayBuffer
+from warpgrad.engine.graphs import GraphCache, graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Batch, Task
@@ -201,8 +202,14 @@ class WarpGrad:
         """Mean meta-loss over buffer points; each point draws its batches from its task."""
         batches = [tasks[int(t)].warp_batches(int(s), generator)
                    for t, s in zip(points.task_index, points.step)]
-        states = points.states
-        if self.batched and len(points) > 1 and self._vmap_safe(model) and _stackable(batches):
+        return self._batches_loss(model, loss_fn, optimizer, points.thetas, points.states,
+                                  batches)
+
+    def _batches_loss(self, model: WarpedModel, loss_fn: LossFn, optimizer: InnerSGD,
+                      thetas: Tensor, states: Tensor | None,
+                      batches: list[tuple[Batch, list[Batch]]]) -> Tensor:
+        """:meth:`points_loss` on batches already drawn: points ``thetas`` ``[n, P]``."""
+        if self.batched and len(thetas) > 1 and self._vmap_safe(model) and _stackable(batches):
             inner_x = torch.stack([b[0][0] for b in batches])
             inner_y = torch.stack([b[0][1] for b in batches])
             meta_x = [torch.stack([b[1][j][0] for b in batches]) for j in range(len(batches[0][1]))]
@@ -216,14 +223,14 @@ class WarpGrad:
             with model.plain_layout():
                 losses = torch.func.vmap(one, in_dims=(0, state_dim, 0, 0, 0, 0),
                                          chunk_size=self.chunk_size, randomness="different")(
-                    points.thetas, states, inner_x, inner_y, meta_x, meta_y)
+                    thetas, states, inner_x, inner_y, meta_x, meta_y)
             return losses.mean()
         total = 0.0
         for i, (inner, metas) in enumerate(batches):
             state = None if states is None else states[i]
-            total = total + self.point_loss(model, loss_fn, optimizer, points.thetas[i], state,
+            total = total + self.point_loss(model, loss_fn, optimizer, thetas[i], state,
                                             inner, metas)
-        return total / len(points)
+        return total / len(thetas)
 
     def _vmap_safe(self, model: WarpedModel) -> bool:
         if model.has_buffers:
@@ -265,16 +272,50 @@ class WarpGrad:
         keys = buffer.task_index[:n] * (int(buffer.step[:n].max()) + 1) + buffer.step[:n]
         canonical = torch.argsort(keys, stable=True)
         inputs = [p for group in meta_optimizer.param_groups for p in group["params"]]
+        graphs = graphs_of(model)
         for _ in range(self.epochs):
             order = canonical[torch.randperm(n, generator=generator)]
             for chunk in order.split(self.points_per_update):
                 meta_optimizer.zero_grad(set_to_none=True)
-                loss = self.points_loss(model, loss_fn, optimizer, buffer.gather(chunk), tasks,
-                                        generator)
-                torch.autograd.backward(loss, inputs=inputs)
+                if graphs is None:
+                    loss = self.points_loss(model, loss_fn, optimizer, buffer.gather(chunk),
+                                            tasks, generator)
+                    torch.autograd.backward(loss, inputs=inputs)
+                else:
+                    loss = self._graphed_update(graphs, model, loss_fn, optimizer,
+                                                buffer.gather(chunk), tasks, generator, inputs)
                 meta_optimizer.step()
-                history.append(loss.item())
-        return history
+                history.append(loss.detach())
+        # read once at the end: a read per update would make the host wait for the device
+        return torch.stack(history).tolist() if history else []
+
+
+    def _graphed_update(self, graphs: GraphCache, model: WarpedModel, loss_fn: LossFn,
+                        optimizer: InnerSGD, points: Points, tasks: Sequence[Task],
+                        generator: torch.Generator | None, inputs: list[Tensor]) -> Tensor:
+        """One update's meta-loss and meta-gradient (into ``inputs``' ``.grad``) replayed
+        from a CUDA graph; the batches are drawn outside it, as :meth:`points_loss` does."""
+        batches = [tasks[int(t)].warp_batches(int(s), generator)
+                   for t, s in zip(points.task_index, points.step)]
+        metas_per_point = [len(metas) for _, metas in batches]
+        tensors = [t for inner, metas in batches for batch in (inner, *metas) for t in batch]
+        has_states = points.states is not None
+
+        def update(thetas: Tensor, *rest: Tensor) -> list[Tensor | None]:
+            states, flat = (rest[0], rest[1:]) if has_states else (None, rest)
+            pairs = iter(zip(flat[::2], flat[1::2]))
+            drawn = [(next(pairs), [next(pairs) for _ in range(m)]) for m in metas_per_point]
+            loss = self._batches_loss(model, loss_fn, optimizer, thetas, states, drawn)
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            return [loss.detach(), *grads]
+
+        name = ("warpgrad", self.variant, self.batched, self.chunk_size, loss_fn,
+                tuple(metas_per_point), switches_of(model))
+        args = [points.thetas, *([points.states] if has_states else []), *tensors]
+        loss, *grads = graphs(name, update, args, [*reads_of(model, optimizer), *inputs])
+        for p, g in zip(inputs, grads):
+            p.grad = g
+        return loss
 
 
 class _OnlineAccumulator:

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from warpgrad.engine.graphs import graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Task
@@ -112,14 +113,30 @@ def adapt(
     # a gradient that is differentiated again cannot come from a compiled graph
     mode = model.eager if create_graph or step_graph else nullcontext
     precise = _precision(model, observers)
+    # a graph replays fixed kernels: not for steps whose graph is kept, nor for batch-norm
+    # statistics updated in place
+    graphs = None if create_graph or step_graph or buffers else graphs_of(model)
+
+    def loss_and_grad(theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        leaf = theta.detach().requires_grad_()
+        with precise():
+            loss = loss_fn(model(x, leaf, phi), y)
+        return loss.detach(), torch.autograd.grad(loss, leaf)[0]
+
     losses = []
     for k in range(steps):
         x, y = task.train_batch(generator)
-        if not create_graph:
-            theta = theta.detach().requires_grad_()
-        with mode(), precise():
-            loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
-        (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph or step_graph)
+        if graphs is not None:
+            name = ("adapt", loss_fn, precise is nullcontext, switches_of(model))
+            loss, grad = graphs(name, loss_and_grad, (theta, x, y),
+                                reads_of(model, optimizer) + list((phi or {}).values()))
+            theta = theta.detach()
+        else:
+            if not create_graph:
+                theta = theta.detach().requires_grad_()
+            with mode(), precise():
+                loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
+            (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph or step_graph)
         losses.append(loss.detach())
         if observers:
             record = StepRecord(k, theta.detach(), _detach(state), loss.detach(), grad.detach(),
@@ -194,11 +211,17 @@ def adapt_tasks(
 
     step_all = torch.func.vmap(loss_and_grad)
     precise = _precision(model, [o for obs in per_task for o in obs])
+    graphs = graphs_of(model)
+    reads = reads_of(model, optimizer) + list((phi or {}).values())
     with model.plain_layout(), precise():
         losses = []
         for k in range(steps):
             x, y = stacked([task.train_batch(generator) for task in tasks])
-            grads, loss = step_all(thetas, x, y)
+            if graphs is not None:
+                name = ("adapt_tasks", loss_fn, switches_of(model))
+                grads, loss = graphs(name, step_all, (thetas, x, y), reads)
+            else:
+                grads, loss = step_all(thetas, x, y)
             grads, loss = grads.detach(), loss.detach()
             losses.append(loss)
             for i, obs in enumerate(per_task):

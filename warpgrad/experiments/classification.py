@@ -101,6 +101,7 @@ class ClassificationConfig:
     precision: str = "fp32"
     parallel_tasks: bool = False
     compile: bool = False
+    cuda_graphs: bool = False  # GPU only: replay fixed-shape passes from CUDA graphs
     # evaluation and bookkeeping
     eval_tasks: int = 600
     checkpoint_every: int = 10
@@ -228,7 +229,7 @@ class ClassificationExperiment:
             warp_batch_norm=c.warp_batch_norm, warp_residual=c.warp_residual,
             warp_activation=None if c.warp_activation == "none" else c.warp_activation,
             batch_norm=c.batch_norm, channels_last=c.channels_last, precision=c.precision,
-            compile=c.compile)
+            compile=c.compile, cuda_graphs=c.cuda_graphs)
         warp = (WarpGrad(c.warp_variant, c.warp_regime, epochs=c.warp_epochs,
                          points_per_update=c.points_per_update, stride=c.point_stride,
                          point_fraction=c.point_fraction,

@@ -41,6 +41,7 @@ def conv4(
     channels_last: bool = False,
     precision: Precision = "fp32",
     compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> WarpedModel:
     """Conv4 learner: 4 x [3x3 conv (pad 1) → 2x2 max-pool → BN → ReLU → warp], then a linear
     head. Spatial size 28→14→7→3→1 or 84→42→21→10→5.
@@ -55,8 +56,8 @@ def conv4(
         warp_blocks: which blocks (1-4) get a warp layer.
         batch_norm: ``"batch"`` (per-batch statistics, the default) or ``"running"``
             (per-task running statistics used at evaluation), see the module docstring.
-        channels_last, precision, compile: speed switches of :class:`WarpedModel`, off by
-            default (measured in BENCHMARKS.md, figure 6).
+        channels_last, precision, compile, cuda_graphs: speed switches of
+            :class:`WarpedModel`, off by default (measured in BENCHMARKS.md).
 
     Returns:
         A :class:`WarpedModel` mapping ``[B, C, H, W]`` images to ``[B, num_classes]`` logits.
@@ -85,7 +86,7 @@ def conv4(
     layers["flatten"] = nn.Flatten()
     layers["head"] = nn.Linear(filters * size * size, num_classes)
     return WarpedModel(nn.Sequential(layers), warps, channels_last=channels_last,
-                       precision=precision, compile=compile)
+                       precision=precision, compile=compile, cuda_graphs=cuda_graphs)
 
 
 def mlp(

@@ -103,6 +103,14 @@ class WarpedModel(nn.Module):
             adaptation and the exact shared step; under ``torch.func`` transforms the forward
             stays eager. Meta-gradients equal the eager ones up to float rounding (tests,
             float64). Off by default; measured in BENCHMARKS.md, figure 6.
+        cuda_graphs: replay the engine's fixed-shape passes from CUDA graphs
+            (:mod:`warpgrad.engine.graphs`): each adaptation step's loss and gradient (task
+            by task or all tasks at once) and each offline WarpGrad update's meta-gradient,
+            captured at the first call with a shape and replayed with one launch. On a GPU
+            eager PyTorch spends most of a Conv4 step launching kernels; a graph removes
+            that. Same results as eager (tests, float64); on the CPU the same plumbing runs
+            without capture (no gain). Not used for MAML's differentiable adaptation, the
+            online regime, or models with running batch-norm statistics. Off by default.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.Linear(40, 1))
@@ -115,7 +123,7 @@ class WarpedModel(nn.Module):
 
     def __init__(self, module: nn.Module, warps: Iterable[str] = (), *,
                  channels_last: bool = False, precision: Precision = "fp32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, cuda_graphs: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -124,6 +132,7 @@ class WarpedModel(nn.Module):
         self.precision = precision
         self.compile_forward = compile
         self._compiled: object | None = None  # built on first use: compiling is lazy anyway
+        self.cuda_graphs = cuda_graphs
         warps = tuple(warps)
         submodules = dict(module.named_modules())
         unknown = [w for w in warps if w not in submodules or w == ""]
@@ -214,8 +223,9 @@ class WarpedModel(nn.Module):
         return _to_float32(out)
 
     def __getstate__(self) -> dict:
-        # the compiled callable is bound to this instance: a copy compiles its own
-        return {**super().__getstate__(), "_compiled": None}
+        # the compiled callable and the captured graphs read this instance's tensors: a
+        # copy compiles and captures its own
+        return {**super().__getstate__(), "_compiled": None, "_graph_cache": None}
 
     @property
     def has_buffers(self) -> bool:
