@@ -3,12 +3,13 @@
 #   run(command="bash benchmarks/gpu.sh", timeout_s=570)
 # Stages, most important first, each capped so that the whole stays inside GPU_BUDGET_S
 # (default 500 s) and a stage that runs long costs only itself:
-#   1. the full-scale figures 1, 2, 4 and 5 on the GPU, eager;
-#   2. figure 8: real meta-iterations over the whole meta-batch (tasks one by one, in
-#      parallel, points batched): the 1,000-iterations-in-an-hour question;
-#   3. the CUDA tests (tests/test_cuda.py: GPU meta-steps equal the CPU's, compile, bench);
-#   4. figures 1 and 2 for Warp-Leap with torch.compile;
-#   5. figure 8, then figures 1, 4 and 5, with CUDA graphs (cuda_graphs=True).
+#   1. the CUDA tests (tests/test_cuda.py: GPU meta-steps equal the CPU's, CUDA graphs,
+#      compile, the bench);
+#   2. figure 8 with CUDA graphs: real meta-iterations over the whole meta-batch (tasks one
+#      by one, in parallel, points batched), the 1,000-iterations-in-an-hour question;
+#   3. figures 1, 4 and 5 with CUDA graphs;
+#   4. the eager figures 1, 2, 4 and 5, then figure 8 eager;
+#   5. figures 1 and 2 with torch.compile.
 # GPU_STAGES (comma-separated: info, glyphs, eager, training, tests, compile, graphs-training,
 # graphs) picks stages, e.g. for a second call on what the first left undone; GPU_TESTS is
 # a pytest -k expression for the tests stage.
@@ -50,18 +51,18 @@ shutil.copy(f"{tmp}/bench.json", f"{out}/bench-{name}.json")
 export -f bench
 export out
 
-stages=",${GPU_STAGES:-info,glyphs,eager,training,tests,compile,graphs-training,graphs},"
+stages=",${GPU_STAGES:-info,glyphs,tests,graphs-training,graphs,eager,training,compile},"
 want() { [[ $stages == *",$1,"* ]]; }
 figures=meta_iteration,overhead,warped_step,batched_objective
 want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version \
   --format=csv; nproc; python3 -c "import torch, sys; print(sys.version, torch.__version__, \
   torch.version.cuda, torch.cuda.get_device_name())"'
 want glyphs && stage glyphs 60 python3 -c "from warpgrad.data import load_glyphs; print(load_glyphs())"
-want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
-want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training
 want tests && stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   -k "${GPU_TESTS:-}"
-want compile && stage compile 200 bash -c 'bench "$@"' _ compile 1 0 overhead
 want graphs-training && stage graphs-training 150 bash -c 'bench "$@"' _ graphs-training 0 1 training
 want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective
+want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
+want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training
+want compile && stage compile 200 bash -c 'bench "$@"' _ compile 1 0 overhead
 echo "== done, $((SECONDS))s in all" | tee -a "$log"

@@ -93,3 +93,19 @@ def test_cuda_graphs_replay_the_cpu_meta_steps(warp, parallel):
         gpu = _meta_step("cuda", warp, meta_steps=2, parallel_tasks=parallel, cuda_graphs=True)
     assert not [w for w in seen if "could not capture" in str(w.message)]
     torch.testing.assert_close(gpu, cpu, rtol=1e-7, atol=1e-9)
+
+
+def test_host_to_gpu_copies_keep_every_value():
+    """The pinned, non-blocking copies of batch indices and augmentation parameters
+    (warpgrad._transfer.to_device) deliver the host's values, also when the host reuses its
+    memory at once."""
+    from warpgrad._transfer import to_device
+
+    for _ in range(20):
+        host = [torch.randint(0, 10**6, (128,)), torch.rand(128, 2, 3, dtype=torch.float64)]
+        copies = [to_device(t, "cuda") for t in host]
+        expected = [t.clone() for t in host]
+        for t in host:
+            t.zero_()  # the host's tensors change right after the copies were queued
+        for copy, value in zip(copies, expected):
+            assert copy.is_cuda and torch.equal(copy.cpu(), value)

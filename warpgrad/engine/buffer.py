@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from warpgrad._transfer import to_device
 from warpgrad.engine.adapt import StepRecord
 
 
@@ -139,7 +140,7 @@ class _MemoryRows:
         self.rows[i].copy_(row)
 
     def read(self, index: Tensor) -> Tensor:
-        return self.rows[index.to(self.rows.device)]
+        return self.rows[to_device(index, self.rows.device)]
 
 
 class _DiskRows:

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from warpgrad._transfer import to_device
+
 Batch = tuple[Tensor, Tensor]
 """``(x, y)``: inputs ``[B, ...]`` and targets ``[B, ...]`` on the task's device."""
 
@@ -73,7 +75,7 @@ class Task:
             xb, yb = x, y
         else:
             index = torch.randint(len(x), (self.batch_size,), generator=generator)
-            index = index.to(x.device)
+            index = to_device(index, x.device)
             xb, yb = x[index], y[index]
         if self.transform is not None:
             xb = self.transform(xb, generator)
