@@ -48,6 +48,9 @@ class _Captured:
 class GraphCache:
     """Captured graphs by (name, argument shapes, addresses of what the function reads).
 
+    A graph reads its ``reads`` at the addresses they had at capture: equal addresses (and
+    shapes and dtypes) mean the replay reads the right memory, whatever tensor lives there.
+
     Args:
         max_graphs: graphs kept at once; the oldest is dropped beyond it (each holds its own
             memory pool: the activations of one pass).
@@ -72,7 +75,8 @@ class GraphCache:
             try:
                 entry = self._capture(fn, args)
             except RuntimeError as error:  # an op that cannot be captured: stay correct
-                warnings.warn(f"warpgrad: could not capture a CUDA graph for {name[0]!r}, "
+                label = name[0] if isinstance(name, tuple) else name
+                warnings.warn(f"warpgrad: could not capture a CUDA graph for {label!r}, "
                               f"running it eagerly ({error})", RuntimeWarning, stacklevel=2)
                 entry = _Captured([a.detach().clone() for a in args], [], None, fn)
             if len(self._graphs) >= self.max_graphs:
