@@ -5,17 +5,20 @@
 # (default 500 s) and a stage that runs long costs only itself:
 #   1. the CUDA tests (tests/test_cuda.py: GPU meta-steps equal the CPU's, CUDA graphs,
 #      compile, the bench);
-#   2. figure 8 with CUDA graphs: real meta-iterations over the whole meta-batch (tasks one
+#   2. a profile of one task's first-order meta-iteration, with CUDA graphs and eager
+#      (benchmarks/profile_gpu.py: how busy the GPU is, what the host does meanwhile);
+#   3. figure 8 with CUDA graphs: real meta-iterations over the whole meta-batch (tasks one
 #      by one, in parallel, points batched), the 1,000-iterations-in-an-hour question;
-#   3. figures 1, 4 and 5 with CUDA graphs;
-#   4. the eager figures 1, 2, 4 and 5, then figure 8 eager;
-#   5. figures 1 and 2 with torch.compile.
-# GPU_STAGES (comma-separated: info, glyphs, eager, training, tests, compile, graphs-training,
-# graphs) picks stages, e.g. for a second call on what the first left undone; GPU_TESTS is
-# a pytest -k expression for the tests stage.
+#   4. figures 1, 4 and 5 with CUDA graphs;
+#   5. the eager figures 1, 2, 4 and 5, then figure 8 eager;
+#   6. figures 1 and 2 with torch.compile.
+# GPU_STAGES (comma-separated: info, glyphs, tests, profile, graphs-training, graphs, eager,
+# training, compile) picks stages, e.g. for a second call on what the first left undone;
+# GPU_TESTS is a pytest -k expression for the tests stage.
 # Needs only torch, numpy, matplotlib, tqdm and pytest (the lent machines' python3 has them).
 # GPU_SCALE=small GPU_DEVICE=cpu OUT=/tmp/g bash benchmarks/gpu.sh rehearses it here.
-# What comes back ($OUT, or runs/gpu): all.log and one bench-STAGE.json per finished stage
+# What comes back ($OUT, or runs/gpu; 8 files at most): all.log, profile-{graphs,eager}.txt
+# and one bench-STAGE.json per finished stage
 # (`python -c "from warpgrad.bench import markdown; ..."` renders a table from it).
 set -uo pipefail
 out=${OUT:-runs/gpu}
@@ -51,7 +54,7 @@ shutil.copy(f"{tmp}/bench.json", f"{out}/bench-{name}.json")
 export -f bench
 export out
 
-stages=",${GPU_STAGES:-info,glyphs,tests,graphs-training,graphs,eager,training,compile},"
+stages=",${GPU_STAGES:-info,glyphs,tests,profile,graphs-training,graphs,eager,training,compile},"
 want() { [[ $stages == *",$1,"* ]]; }
 figures=meta_iteration,overhead,warped_step,batched_objective
 want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -60,6 +63,9 @@ want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,dri
 want glyphs && stage glyphs 60 python3 -c "from warpgrad.data import load_glyphs; print(load_glyphs())"
 want tests && stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   -k "${GPU_TESTS:-}"
+profile="python3 benchmarks/profile_gpu.py --scale ${GPU_SCALE:-full} --device ${GPU_DEVICE:-cuda}"
+want profile && stage profile 150 bash -c "$profile --cuda-graphs --out $out/profile-graphs.txt \
+  && $profile --out $out/profile-eager.txt"
 want graphs-training && stage graphs-training 150 bash -c 'bench "$@"' _ graphs-training 0 1 training
 want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective
 want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures

@@ -2,8 +2,9 @@
 
 The same as ``warpgrad bench`` (options: ``--threads``, ``--tasks``, ``--only``,
 ``--precision``, ``--channels-last``, ``--buffer``, ``--no-tune-malloc``, ``--compile``,
-``--device``); see BENCHMARKS.md for the figures and the latest results. ``gpu.sh`` beside
-this file is the prepared check for a lent GPU machine.
+``--cuda-graphs``, ``--device``); see BENCHMARKS.md for the figures and the latest results.
+``gpu.sh`` beside this file is the prepared check for a lent GPU machine, ``profile_gpu.py``
+its profile of one meta-iteration.
 """
 
 from warpgrad.cli import bench

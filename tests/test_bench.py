@@ -316,3 +316,23 @@ def test_whole_meta_batch_figure_runs_every_mode_and_judges_the_gpu_goal(tmp_pat
                    "tasks in parallel: 1,000 meta-iterations, hours": False,
                    "tasks in parallel, points batched: 1,000 meta-iterations, hours": True}
     assert "| whole meta-batch peak GPU memory |" in bench.markdown(gpu)
+
+
+def test_profile_script_reports_wall_time_and_the_top_operators(tmp_path):
+    """benchmarks/profile_gpu.py (gpu.sh's "profile" stage) at small scale on the CPU: the
+    report names the case and lists the convolutions among the top host operators."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "profile_gpu.py"
+    out = tmp_path / "profile.txt"
+    done = subprocess.run([sys.executable, str(script), "--scale", "small", "--device", "cpu",
+                           "--variant", "exact", "--steps", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = out.read_text()
+    assert report.startswith("warp-leap-exact, 1 task, K=3, batch 32, Conv4-16, device cpu")
+    wall = float(report.split("wall (profiled): ")[1].split(" s")[0])
+    assert wall > 0
+    assert "top by host time:" in report and "convolution" in report
