@@ -116,6 +116,9 @@ def adapt(
     # a graph replays fixed kernels: not for steps whose graph is kept, nor for batch-norm
     # statistics updated in place
     graphs = None if create_graph or step_graph or buffers else graphs_of(model)
+    if graphs is not None:
+        graph_name = ("adapt", loss_fn, precise is nullcontext, switches_of(model))
+        graph_reads = reads_of(model, optimizer) + list((phi or {}).values())
 
     def loss_and_grad(theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         leaf = theta.detach().requires_grad_()
@@ -127,9 +130,7 @@ def adapt(
     for k in range(steps):
         x, y = task.train_batch(generator)
         if graphs is not None:
-            name = ("adapt", loss_fn, precise is nullcontext, switches_of(model))
-            loss, grad = graphs(name, loss_and_grad, (theta, x, y),
-                                reads_of(model, optimizer) + list((phi or {}).values()))
+            loss, grad = graphs(graph_name, loss_and_grad, (theta, x, y), graph_reads)
             theta = theta.detach()
         else:
             if not create_graph:
@@ -214,12 +215,12 @@ def adapt_tasks(
     graphs = graphs_of(model)
     reads = reads_of(model, optimizer) + list((phi or {}).values())
     with model.plain_layout(), precise():
+        graph_name = ("adapt_tasks", loss_fn, switches_of(model))
         losses = []
         for k in range(steps):
             x, y = stacked([task.train_batch(generator) for task in tasks])
             if graphs is not None:
-                name = ("adapt_tasks", loss_fn, switches_of(model))
-                grads, loss = graphs(name, step_all, (thetas, x, y), reads)
+                grads, loss = graphs(graph_name, step_all, (thetas, x, y), reads)
             else:
                 grads, loss = step_all(thetas, x, y)
             grads, loss = grads.detach(), loss.detach()
