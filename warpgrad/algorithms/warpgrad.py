@@ -200,10 +200,8 @@ class WarpGrad:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Mean meta-loss over buffer points; each point draws its batches from its task."""
-        batches = [tasks[int(t)].warp_batches(int(s), generator)
-                   for t, s in zip(points.task_index, points.step)]
         return self._batches_loss(model, loss_fn, optimizer, points.thetas, points.states,
-                                  batches)
+                                  _draw_batches(points, tasks, generator))
 
     def _batches_loss(self, model: WarpedModel, loss_fn: LossFn, optimizer: InnerSGD,
                       thetas: Tensor, states: Tensor | None,
@@ -289,14 +287,12 @@ class WarpGrad:
         # read once at the end: a read per update would make the host wait for the device
         return torch.stack(history).tolist() if history else []
 
-
     def _graphed_update(self, graphs: GraphCache, model: WarpedModel, loss_fn: LossFn,
                         optimizer: InnerSGD, points: Points, tasks: Sequence[Task],
                         generator: torch.Generator | None, inputs: list[Tensor]) -> Tensor:
         """One update's meta-loss and meta-gradient (into ``inputs``' ``.grad``) replayed
         from a CUDA graph; the batches are drawn outside it, as :meth:`points_loss` does."""
-        batches = [tasks[int(t)].warp_batches(int(s), generator)
-                   for t, s in zip(points.task_index, points.step)]
+        batches = _draw_batches(points, tasks, generator)
         metas_per_point = [len(metas) for _, metas in batches]
         tensors = [t for inner, metas in batches for batch in (inner, *metas) for t in batch]
         has_states = points.states is not None
@@ -355,6 +351,13 @@ class _OnlineAccumulator:
         if self.inputs:
             torch.autograd.backward(loss * self.scale, inputs=self.inputs)
         self.losses.append(loss.item())
+
+
+def _draw_batches(points: Points, tasks: Sequence[Task], generator: torch.Generator | None
+                  ) -> list[tuple[Batch, list[Batch]]]:
+    """Each point's batches (:meth:`Task.warp_batches`), drawn from its own task in order."""
+    return [tasks[int(t)].warp_batches(int(s), generator)
+            for t, s in zip(points.task_index, points.step)]
 
 
 def _stackable(batches: list[tuple[Batch, list[Batch]]]) -> bool:
