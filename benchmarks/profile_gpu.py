@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="K (default: the scale's)")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"device {args.device!r} requested but CUDA is not available here")
 
     scale = replace(bench.SCALES[args.scale], device=args.device, cuda_graphs=args.cuda_graphs)
     bench._SWITCHES.update({n: getattr(scale, n) for n in bench._SWITCH_NAMES})

@@ -336,3 +336,7 @@ def test_profile_script_reports_wall_time_and_the_top_operators(tmp_path):
     wall = float(report.split("wall (profiled): ")[1].split(" s")[0])
     assert wall > 0
     assert "top by host time:" in report and "convolution" in report
+    if not torch.cuda.is_available():
+        refused = subprocess.run([sys.executable, str(script), "--device", "cuda"],
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "CUDA is not available" in refused.stderr
