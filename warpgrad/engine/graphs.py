@@ -78,7 +78,7 @@ class GraphCache:
                 label = name[0] if isinstance(name, tuple) else name
                 warnings.warn(f"warpgrad: could not capture a CUDA graph for {label!r}, "
                               f"running it eagerly ({error})", RuntimeWarning, stacklevel=2)
-                entry = _Captured([a.detach().clone() for a in args], [], None, fn)
+                entry = _rehearsal(fn, args)
             if len(self._graphs) >= self.max_graphs:
                 self._graphs.pop(next(iter(self._graphs)))
             self._graphs[key] = entry
@@ -92,15 +92,11 @@ class GraphCache:
             outputs = entry.outputs
         return [None if o is None else o.detach().clone() for o in outputs]
 
-    def clear(self) -> None:
-        """Drop every graph (and its memory pool)."""
-        self._graphs.clear()
-
     def _capture(self, fn: GraphedFn, args: Sequence[Tensor]) -> _Captured:
         self.captures += 1
-        inputs = [a.detach().clone() for a in args]
         if not all(a.is_cuda for a in args):
-            return _Captured(inputs, [], None, fn)
+            return _rehearsal(fn, args)
+        inputs = [a.detach().clone() for a in args]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -111,6 +107,12 @@ class GraphCache:
         with torch.cuda.graph(graph):
             outputs = [None if o is None else o.detach() for o in fn(*inputs)]
         return _Captured(inputs, outputs, graph, fn)
+
+
+def _rehearsal(fn: GraphedFn, args: Sequence[Tensor]) -> _Captured:
+    """Static inputs and no graph: each call runs ``fn`` on them (the CPU, or a pass that
+    could not be captured)."""
+    return _Captured([a.detach().clone() for a in args], [], None, fn)
 
 
 def graphs_of(model: torch.nn.Module) -> GraphCache | None:
