@@ -53,10 +53,11 @@ def test_meta_step_on_cuda_is_the_cpu_meta_step(warp):
 
 def test_compiled_model_on_cuda_matches_eager():
     """float64: the same computation. float32 only at a small warp learning rate: at 0.1 this
-    toy meta-step (8 sequential φ updates, each moving φ by ~10%) is chaotic, and eager
-    float32 itself lands 14% away from float64 (measured on the CPU and on an H100). There
-    cuDNN runs float32 convolutions in TF32 (PyTorch's default), and compiled and eager
-    kernels round differently: 2.4e-4 apart on an H100 (6e-7 on the CPU)."""
+    toy meta-step (8 sequential φ updates, each moving φ by ~10%) is chaotic: eager float32
+    itself lands 14% away from float64 on the CPU, and compiled and eager float32 landed 14%
+    apart on an H100. There cuDNN runs float32 convolutions in TF32 (PyTorch's default), and
+    compiled and eager kernels round differently: 2.4e-4 apart on an H100 (6e-7 on the
+    CPU)."""
     eager = _meta_step("cuda", WarpGrad("first-order"))
     compiled = _meta_step("cuda", WarpGrad("first-order"), compile=True)
     torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12)
