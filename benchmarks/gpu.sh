@@ -13,7 +13,9 @@
 #   5. the eager figures 1, 2, 4 and 5, then figure 8 eager;
 #   6. figures 1 and 2 with torch.compile.
 # GPU_STAGES (comma-separated: info, glyphs, tests, profile, graphs-training, graphs, eager,
-# training, compile) picks stages, e.g. for a second call on what the first left undone;
+# training, compile; and host-ops, figure 9 counted on the GPU, only when named: a ninth
+# file would not come back) picks stages, e.g. for a second call on what the first left
+# undone;
 # GPU_TESTS is a pytest -k expression for the tests stage.
 # Needs only torch, numpy, matplotlib, tqdm and pytest (the lent machines' python3 has them).
 # GPU_SCALE=small GPU_DEVICE=cpu OUT=/tmp/g bash benchmarks/gpu.sh rehearses it here.
@@ -71,4 +73,5 @@ want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration
 want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
 want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training
 want compile && stage compile 200 bash -c 'bench "$@"' _ compile 1 0 overhead
+want host-ops && stage host-ops 120 bash -c 'bench "$@"' _ host-ops 0 0 host_ops
 echo "== done, $((SECONDS))s in all" | tee -a "$log"

@@ -114,6 +114,24 @@ def test_online_figure_compares_fresh_and_shared_steps(small):
             out / "bench.md").read_text()
 
 
+def test_host_operators_fall_with_graphs_and_with_batches_drawn_ahead(small):
+    """Figure 9: counted operators, so exact, not timed. Graphed passes stand in for the
+    model's forward and backward; drawing batches ahead removes most of the 60-odd operators
+    of each draw; no value is read back per step or per point (each read would be a
+    host-device synchronisation on a GPU)."""
+    results, _, lines = small
+    ops = results["host_ops"]
+    assert list(ops) == list(bench.HOST_OPS_MODES)
+    eager, graphs, ahead = (ops[mode]["per_step_or_point"] for mode in bench.HOST_OPS_MODES)
+    assert graphs < eager / 2 and ahead < 0.6 * graphs
+    scale = bench.SCALES["small"]
+    for r in ops.values():
+        assert r["ops"] == pytest.approx(
+            r["per_step_or_point"] * scale.meta_batch * (2 * scale.steps + 1))
+        assert r["scalar_reads"] <= 2  # per meta-iteration, not per step
+    assert any("per step or point" in line for line in lines)
+
+
 def test_maml_memory_grows_with_k(small):
     results, _, _ = small
     cases = results["memory_vs_steps"]["cases"]
@@ -146,6 +164,7 @@ def test_json_and_markdown_are_written_and_list_every_case(small):
         for k in bench.SCALES["small"].k_values:
             assert f"{method} K={k}" in cases
     assert {"warped", "plain", "warped / plain"} <= cases
+    assert set(bench.HOST_OPS_MODES) <= cases
     assert len(table) == 1 + len(bench.rows(results)) + 1 + len(results["targets"])
     assert results["machine"]["cpu"] in text
 

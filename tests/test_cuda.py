@@ -110,3 +110,31 @@ def test_host_to_gpu_copies_keep_every_value():
             t.zero_()  # the host's tensors change right after the copies were queued
         for copy, value in zip(copies, expected):
             assert copy.is_cuda and torch.equal(copy.cpu(), value)
+
+
+def test_batches_drawn_ahead_on_cuda_are_the_batches_drawn_one_at_a_time():
+    """Drawing ahead on a GPU (one pinned copy of many draws' indices and augmentation
+    parameters, one gather, one resampling) gives the batches of one draw at a time, and the
+    CPU's batches up to the GPU's resampling arithmetic."""
+    from warpgrad.data import RandomAffine
+    from warpgrad.tasks import draw_batches
+
+    transform = RandomAffine()
+    x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(40)
+
+    def task(device: str) -> Task:
+        return Task(x.to(device), y.to(device), x[:4].to(device), y[:4].to(device),
+                    batch_size=16, meta_split="train", transform=transform)
+
+    splits = ["train", "meta"] * 12
+    gpu, cpu = task("cuda"), task("cpu")
+    ahead = draw_batches([(gpu, s) for s in splits], torch.Generator().manual_seed(1))
+    one_by_one = torch.Generator().manual_seed(1)
+    for split, (xb, yb) in zip(splits, ahead, strict=True):
+        expected = gpu.train_batch(one_by_one) if split == "train" else gpu.meta_batch(one_by_one)
+        assert xb.is_cuda and torch.equal(xb, expected[0]) and torch.equal(yb, expected[1])
+    on_cpu = draw_batches([(cpu, s) for s in splits], torch.Generator().manual_seed(1))
+    for (xg, yg), (xc, yc) in zip(ahead, on_cpu, strict=True):
+        assert torch.equal(yg.cpu(), yc)
+        torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-5)

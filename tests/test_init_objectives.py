@@ -9,6 +9,7 @@ from torch import nn
 from tests.helpers import finite_difference, regression_task, tiny_warped_mlp
 from warpgrad import MAML, InnerSGD, Leap, Reptile, Task, WarpedModel, adapt
 from warpgrad.algorithms import TaskRun
+from warpgrad.engine.adapt import StepRecord
 
 
 def _two_parameter_problem():
@@ -127,3 +128,16 @@ def test_first_order_maml_is_the_query_gradient_at_the_end():
     torch.testing.assert_close(grad, expected)
     second = _run(MAML(), model, task, 3, 0.3)
     assert (grad - second).norm() > 1e-3 * second.norm()  # the second-order terms are real
+
+
+def test_leap_segment_of_zero_length_adds_nothing():
+    """Where θ and the loss do not move, the normalised segment is zero, not NaN (it divides
+    by 1 there, chosen on the device: no host-device sync)."""
+    observer = Leap().observer()
+    theta, grad = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.5])
+    for step, moved in enumerate((0.0, 0.0, 3.0)):
+        observer.observe(StepRecord(step, theta + moved, None, torch.tensor(1.0 + moved), grad))
+    # only the last segment moved: d = θ_1 - θ_2 - Δloss g_1 with the loss's rise of 3
+    # counted as a fall (the stabiliser), over the length sqrt(|θ_1 - θ_2|² + Δloss²)
+    expected = (torch.tensor([-3.0, -3.0]) + 3.0 * grad) / torch.tensor(27.0).sqrt()
+    assert torch.allclose(observer.gradient, expected)

@@ -345,6 +345,57 @@ original semantics, one φ update per point; ``parallel_tasks`` only vmaps the a
 "points batched" updates φ once per ``meta_batch`` points, evaluated in one vmap call."""
 
 
+HOST_OPS_MODES: dict[str, dict[str, bool]] = {
+    "eager, batches one at a time": {"cuda_graphs": False, "draw_ahead": False},
+    "CUDA graphs, batches one at a time": {"cuda_graphs": True, "draw_ahead": False},
+    "CUDA graphs, batches drawn ahead (default)": {"cuda_graphs": True, "draw_ahead": True},
+}
+"""Figure 9's ways of running a first-order Warp-Leap meta-iteration (the same result)."""
+
+HOST_OPS_FILTERS = 4
+"""Figure 9's Conv4 width: operator counts do not depend on it, and a narrow net is quick."""
+
+
+def case_host_ops(scale: Scale, mode: str) -> dict[str, float]:
+    """Figure 9: the operators PyTorch dispatches from the host in one first-order
+    Warp-Leap meta-iteration over the whole meta-batch, outside the passes a GPU
+    replays from CUDA graphs (on a CPU, graphed passes run eagerly and are not counted):
+    on a GPU each is a kernel launch or host-side work the device waits on, where eager
+    PyTorch is bound by the host. ``per_step_or_point``: per adaptation step or buffer
+    point (a task has K of one and K + 1 of the other); ``scalar_reads``: values read back
+    to Python (``.item()``, ``int()``, an ``if`` on a tensor), each a host-device
+    synchronisation when the tensor is on a GPU. At the scale's batch and K,
+    Conv4-:data:`HOST_OPS_FILTERS`; the second of two meta-iterations (the first captures
+    the graphs)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from warpgrad.engine.graphs import replaying
+
+    class HostOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = self.reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not replaying():
+                self.ops += 1
+                self.reads += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    options = HOST_OPS_MODES[mode]
+    _SWITCHES["cuda_graphs"] = options["cuda_graphs"]
+    tasks = _tasks(scale, scale.batch_size, scale.meta_batch)
+    for task in tasks:
+        task.prefetch_mb = None if options["draw_ahead"] else 0
+    learner = _learner("warp-leap-first-order", _model(HOST_OPS_FILTERS), scale.steps)
+    learner.meta_step(tasks)
+    with HostOps() as counted:
+        learner.meta_step(tasks)
+    units = scale.meta_batch * (2 * scale.steps + 1)  # K steps and K + 1 points per task
+    return {"ops": counted.ops, "per_step_or_point": counted.ops / units,
+            "scalar_reads": counted.reads}
+
+
 def case_training(scale: Scale, variant: str, mode: str) -> dict[str, float]:
     """Figure 8: one real Warp-Leap meta-iteration over the whole meta-batch (nothing
     extrapolated) in one of :data:`TRAINING_MODES` (seconds, MB)."""
@@ -466,6 +517,7 @@ CASES: dict[str, Callable[..., dict[str, float]]] = {
     "batched_objective": case_batched_objective,
     "bare": case_bare,
     "training": case_training,
+    "host_ops": case_host_ops,
 }
 
 
@@ -519,7 +571,7 @@ class Suite:
     """Which figures to run (all by default) and where progress goes."""
 
     sections: tuple[str, ...] = ("meta_iteration", "overhead", "memory_vs_steps", "warped_step",
-                                 "batched_objective", "switches", "online")
+                                 "batched_objective", "switches", "online", "host_ops")
     log: Callable[[str], None] = field(default=lambda s: None)
 
 
@@ -616,6 +668,13 @@ def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
                 training[variant][mode] = r
                 log(f"  {r['seconds']:.2f} s")
         results["training"] = training
+    if "host_ops" in wanted:
+        host_ops = {}
+        for mode in HOST_OPS_MODES:
+            log(f"host operators, {mode} ...")
+            host_ops[mode] = run_case("host_ops", scale, mode)
+            log(f"  {host_ops[mode]['per_step_or_point']:.1f} per step or point")
+        results["host_ops"] = host_ops
     if "switches" in wanted:
         results["switches"] = _switches(scale, log)
     if "online" in wanted:
@@ -784,6 +843,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         f"{r[mode]['seconds']:.1f} *", "s"))
         out.append(("online objective", f"warp-leap-{variant}, shared-step speed-up",
                     f"{r['speedup']:.2f}", "x"))
+    for mode, r in results.get("host_ops", {}).items():
+        out.append(("host operators per step or point", mode, f"{r['per_step_or_point']:.1f}",
+                    "ops"))
+        out.append(("scalar reads per meta-iteration", mode, f"{r['scalar_reads']:d}",
+                    "reads"))
     for variant, r in results.get("batched_objective", {}).items():
         n = r["points"]
         out.append(("objective per point", f"{variant} one at a time",

@@ -218,9 +218,9 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
 @click.option("--tasks", type=click.IntRange(min=1),
               help="tasks of the meta-batch actually run (default: 1 at full scale, all at small)")
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
-              "memory_vs_steps, warped_step, batched_objective, switches, online (default: all "
-              "of these), training (only when named: whole meta-batches, tasks one by one "
-              "or in parallel)")
+              "memory_vs_steps, warped_step, batched_objective, switches, online, host_ops "
+              "(default: all of these), training (only when named: whole meta-batches, tasks "
+              "one by one or in parallel)")
 @click.option("--channels-last/--no-channels-last", default=False, show_default=True,
               help="Conv4 on channels-last (NHWC) data")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
@@ -243,11 +243,11 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
     Prints a markdown table and writes OUT/bench.json and OUT/bench.md (see BENCHMARKS.md).
     The switches apply to every figure but "switches", which turns them on one by one.
     """
+    from warpgrad.bench import Suite
     from warpgrad.bench import main as run_bench
 
     sections = None if only is None else tuple(s.strip() for s in only.split(","))
-    known = {"meta_iteration", "overhead", "memory_vs_steps", "warped_step", "batched_objective",
-             "switches", "online", "training"}
+    known = {*Suite().sections, "training"}
     if sections is not None and not set(sections) <= known:
         _fail(f"unknown figure(s) {sorted(set(sections) - known)}; expected any of "
               f"{sorted(known)}")

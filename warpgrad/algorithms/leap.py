@@ -67,12 +67,12 @@ class _PathLength:
         squared = d_theta.pow(2).sum()
         if self.leap.loss_dimension:
             d_loss = end.loss - start.loss
-            if self.leap.stabilizer and d_loss > 0:
-                d_loss = -d_loss
+            if self.leap.stabilizer:  # a rise in loss counts as a fall (no host sync)
+                d_loss = -d_loss.abs()
             d_theta = d_theta - d_loss * start.grad
             squared = squared + d_loss.pow(2)
         if self.leap.norm:
             length = squared.sqrt()
-            if length > 0:
-                d_theta = d_theta / length
+            # a zero-length segment stays zero; a where, not an if: no host-device sync
+            d_theta = d_theta / torch.where(length > 0, length, torch.ones_like(length))
         return d_theta

@@ -243,9 +243,9 @@ class MetaLearner:
                 result = adapt(model, theta0, task, self.loss_fn, self.optimizer, steps,
                                phi=phi, observers=observers, create_graph=differentiable,
                                generator=self.generator)
-            if steps:
-                first.append(result.losses[0].item())
-                last.append(result.losses[-1].item())
+            if steps:  # read at the end: a read here would make the host wait per task
+                first.append(result.losses[0].detach())
+                last.append(result.losses[-1].detach())
             if online_observer is not None:
                 warp_losses += online_observer.losses
             if init is not None:
@@ -270,8 +270,8 @@ class MetaLearner:
 
         stats = {}
         if first:
-            stats["adapt_loss_first"] = sum(first) / len(first)
-            stats["adapt_loss_last"] = sum(last) / len(last)
+            stats["adapt_loss_first"] = sum(torch.stack(first).tolist()) / len(first)
+            stats["adapt_loss_last"] = sum(torch.stack(last).tolist()) / len(last)
         if warp_losses:
             stats["warp_loss"] = sum(warp_losses) / len(warp_losses)
         return stats

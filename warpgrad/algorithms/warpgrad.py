@@ -31,18 +31,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from warpgrad._transfer import to_device
 from warpgrad.engine.adapt import LossFn, StepRecord
 from warpgrad.engine.buffer import Points, ReplayBuffer
 from warpgrad.engine.graphs import GraphCache, graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
 from warpgrad.models.warped import WarpedModel
-from warpgrad.tasks.base import Batch, Task
+from warpgrad.tasks.base import Batch, Task, draw_batches
 
 Variant = Literal["exact", "first-order", "no-step"]
 Regime = Literal["online", "offline"]
@@ -200,8 +201,9 @@ class WarpGrad:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Mean meta-loss over buffer points; each point draws its batches from its task."""
+        drawn = _point_batches(tasks, _pairs(points), generator)
         return self._batches_loss(model, loss_fn, optimizer, points.thetas, points.states,
-                                  _draw_batches(points, tasks, generator))
+                                  list(drawn))
 
     def _batches_loss(self, model: WarpedModel, loss_fn: LossFn, optimizer: InnerSGD,
                       thetas: Tensor, states: Tensor | None,
@@ -271,31 +273,46 @@ class WarpGrad:
         canonical = torch.argsort(keys, stable=True)
         inputs = [p for group in meta_optimizer.param_groups for p in group["params"]]
         graphs = graphs_of(model)
+        # what a graphed update reads besides its arguments: listed once (a walk over the
+        # modules costs ~0.1 ms of host time, as much as a replay on a GPU)
+        reads = [*reads_of(model, optimizer), *inputs] if graphs is not None else []
         for _ in range(self.epochs):
             order = canonical[torch.randperm(n, generator=generator)]
-            for chunk in order.split(self.points_per_update):
+            # the epoch's batches in its order, drawn a window of points ahead: nothing else
+            # draws from the generator until the epoch ends
+            drawn = _point_batches(tasks, list(zip(buffer.task_index[order].tolist(),
+                                                   buffer.step[order].tolist())), generator)
+            # one copy of the order to where the rows are read, not one per update
+            chunks = to_device(order, buffer.index_device).split(self.points_per_update)
+            for chunk in chunks:
                 meta_optimizer.zero_grad(set_to_none=True)
+                thetas, states = buffer.read(chunk)
+                batches = [next(drawn) for _ in range(len(chunk))]
                 if graphs is None:
-                    loss = self.points_loss(model, loss_fn, optimizer, buffer.gather(chunk),
-                                            tasks, generator)
+                    loss = self._batches_loss(model, loss_fn, optimizer, thetas, states, batches)
                     torch.autograd.backward(loss, inputs=inputs)
                 else:
-                    loss = self._graphed_update(graphs, model, loss_fn, optimizer,
-                                                buffer.gather(chunk), tasks, generator, inputs)
+                    loss = self._graphed_update(graphs, model, loss_fn, optimizer, thetas, states,
+                                                batches, inputs, reads)
                 meta_optimizer.step()
                 history.append(loss.detach())
+        if graphs is not None:  # the last update's gradients outlive the graph's next replay
+            for p in inputs:
+                p.grad = None if p.grad is None else p.grad.clone()
         # read once at the end: a read per update would make the host wait for the device
         return torch.stack(history).tolist() if history else []
 
     def _graphed_update(self, graphs: GraphCache, model: WarpedModel, loss_fn: LossFn,
-                        optimizer: InnerSGD, points: Points, tasks: Sequence[Task],
-                        generator: torch.Generator | None, inputs: list[Tensor]) -> Tensor:
+                        optimizer: InnerSGD, thetas: Tensor, states: Tensor | None,
+                        batches: list[tuple[Batch, list[Batch]]], inputs: list[Tensor],
+                        reads: list[Tensor]) -> Tensor:
         """One update's meta-loss and meta-gradient (into ``inputs``' ``.grad``) replayed
-        from a CUDA graph; the batches are drawn outside it, as :meth:`points_loss` does."""
-        batches = _draw_batches(points, tasks, generator)
+        from a CUDA graph, on the points' batches (drawn outside it); ``reads``: what it
+        reads besides its arguments. The gradients are the graph's own outputs, valid until
+        its next replay: the φ step reads them first."""
         metas_per_point = [len(metas) for _, metas in batches]
         tensors = [t for inner, metas in batches for batch in (inner, *metas) for t in batch]
-        has_states = points.states is not None
+        has_states = states is not None
 
         def update(thetas: Tensor, *rest: Tensor) -> list[Tensor | None]:
             states, flat = (rest[0], rest[1:]) if has_states else (None, rest)
@@ -307,15 +324,16 @@ class WarpGrad:
 
         name = ("warpgrad", self.variant, self.batched, self.chunk_size, loss_fn,
                 tuple(metas_per_point), switches_of(model))
-        args = [points.thetas, *([points.states] if has_states else []), *tensors]
-        loss, *grads = graphs(name, update, args, [*reads_of(model, optimizer), *inputs])
+        args = [thetas, *([states] if has_states else []), *tensors]
+        loss, *grads = graphs(name, update, args, reads, fresh=False)
         for p, g in zip(inputs, grads):
             p.grad = g
-        return loss
+        return loss.clone()
 
 
 class _OnlineAccumulator:
     needs_final_loss = False
+    draws_batches = True  # each point's batches, from the adaptation's generator
 
     def __init__(self, objective: WarpGrad, model: WarpedModel, loss_fn: LossFn,
                  optimizer: InnerSGD, task: Task, generator: torch.Generator | None,
@@ -353,11 +371,28 @@ class _OnlineAccumulator:
         self.losses.append(loss.item())
 
 
-def _draw_batches(points: Points, tasks: Sequence[Task], generator: torch.Generator | None
-                  ) -> list[tuple[Batch, list[Batch]]]:
-    """Each point's batches (:meth:`Task.warp_batches`), drawn from its own task in order."""
-    return [tasks[int(t)].warp_batches(int(s), generator)
-            for t, s in zip(points.task_index, points.step)]
+def _pairs(points: Points) -> list[tuple[int, int]]:
+    return list(zip(points.task_index.tolist(), points.step.tolist()))
+
+
+def _point_batches(tasks: Sequence[Task], pairs: Sequence[tuple[int, int]],
+                   generator: torch.Generator | None) -> Iterator[tuple[Batch, list[Batch]]]:
+    """Each point's batches (:meth:`Task.warp_batches` of its task and step), in the order
+    of ``pairs`` ``(task index, step)``: the same draws in the same order, a window of
+    points at a time (one gather and augmentation per task and window, see
+    :func:`~warpgrad.tasks.base.draw_batches`). Tasks that make their own warp batches
+    (continual learning) are asked point by point."""
+    if any(type(t).warp_batches is not Task.warp_batches for t in tasks):
+        for t, s in pairs:
+            yield tasks[t].warp_batches(s, generator)
+        return
+    window = max(1, min(t.prefetch_window() for t in tasks) // 2)
+    for start in range(0, len(pairs), window):
+        group = pairs[start:start + window]
+        drawn = draw_batches([(tasks[t], split) for t, _ in group for split in ("train", "meta")],
+                             generator)
+        for i in range(len(group)):
+            yield drawn[2 * i], [drawn[2 * i + 1]]
 
 
 def _stackable(batches: list[tuple[Batch, list[Batch]]]) -> bool:

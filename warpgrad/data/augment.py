@@ -90,12 +90,18 @@ class RandomAffine:
                 f"scale={self.scale}, shear={self.shear})")
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if not x.is_floating_point() or x.dim() != 4:
-            raise ValueError(
-                f"RandomAffine needs float [B, C, H, W], got {x.dtype} {tuple(x.shape)}")
-        b = x.shape[0]
+        _check_images(x)
+        return self.apply(x, self.sample(x.shape[0], generator))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The random draw of ``n`` images' transforms: ``[n, 5]`` float64 uniforms on the
+        generator's device (what ``aug(x, generator)`` draws for ``x`` of ``n`` images)."""
         device = generator.device if generator is not None else torch.device("cpu")
-        u = torch.rand(b, 5, generator=generator, device=device, dtype=torch.float64)
+        return torch.rand(n, 5, generator=generator, device=device, dtype=torch.float64)
+
+    def apply(self, x: Tensor, u: Tensor) -> Tensor:
+        """Transform ``x [B, C, H, W]`` by the draws ``u [B, 5]`` of :meth:`sample`."""
+        _check_images(x)
         lo, hi = self.degrees
         angle = (lo + (hi - lo) * u[:, 0]) * (math.pi / 180.0)
         shift_x = (2 * u[:, 1] - 1) * self.translate
@@ -104,3 +110,8 @@ class RandomAffine:
         shear = (2 * u[:, 4] - 1) * self.shear
         theta = affine_theta(angle, scale, shift_x, shift_y, shear, size=tuple(x.shape[-2:]))
         return warp_affine(x, to_device(theta, x.device).to(x.dtype))
+
+
+def _check_images(x: Tensor) -> None:
+    if not x.is_floating_point() or x.dim() != 4:
+        raise ValueError(f"RandomAffine needs float [B, C, H, W], got {x.dtype} {tuple(x.shape)}")

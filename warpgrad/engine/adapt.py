@@ -8,7 +8,7 @@ MAML asks for the loop to keep its autograd graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,7 +19,7 @@ from torch import Tensor
 from warpgrad.engine.graphs import graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
 from warpgrad.models.warped import WarpedModel
-from warpgrad.tasks.base import Task
+from warpgrad.tasks.base import Batch, Task, draw_batches
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(prediction, target) -> scalar``, e.g. ``F.cross_entropy`` or ``F.mse_loss``."""
@@ -51,7 +51,10 @@ class Observer(Protocol):
     ``needs_step_graph = True``: each step's gradient is then taken with ``create_graph``
     and shown as ``record.grad_graph`` (one step's graph alive at a time), and
     ``needs_full_precision = True`` runs every step's pass in float32 under a bf16 model
-    (the step is then WarpGrad's step at θ_k, see ``WarpedModel.full_precision``)."""
+    (the step is then WarpGrad's step at θ_k, see ``WarpedModel.full_precision``). An
+    observer that draws from the adaptation's generator must set ``draws_batches = True``:
+    the engine otherwise draws several steps' batches ahead (``Task.prefetch_mb``), which
+    keeps the batches only while nothing else draws in between."""
 
     needs_final_loss: bool
 
@@ -127,8 +130,9 @@ def adapt(
         return loss.detach(), torch.autograd.grad(loss, leaf)[0]
 
     losses = []
+    batches = _step_batches([task], steps, generator, observers)
     for k in range(steps):
-        x, y = task.train_batch(generator)
+        ((x, y),) = next(batches)
         if graphs is not None:
             loss, grad = graphs(graph_name, loss_and_grad, (theta, x, y), graph_reads)
             theta = theta.detach()
@@ -217,8 +221,9 @@ def adapt_tasks(
     with model.plain_layout(), precise():
         graph_name = ("adapt_tasks", loss_fn, switches_of(model))
         losses = []
+        batches = _step_batches(tasks, steps, generator, [o for obs in per_task for o in obs])
         for k in range(steps):
-            x, y = stacked([task.train_batch(generator) for task in tasks])
+            x, y = stacked(next(batches))
             if graphs is not None:
                 grads, loss = graphs(graph_name, step_all, (thetas, x, y), reads)
             else:
@@ -248,6 +253,20 @@ def adapt_tasks(
     trajectory = torch.stack(losses, 1) if losses else thetas.new_zeros(len(tasks), 0)
     return [Adaptation(thetas[i], None if states is None else states[i], trajectory[i], {})
             for i in range(len(tasks))]
+
+
+def _step_batches(tasks: Sequence[Task], steps: int, generator: torch.Generator | None,
+                  observers: Sequence[Observer]) -> Iterator[list[Batch]]:
+    """Each step's training batch of every task (drawn step by step, task after task), drawn
+    a window of steps at a time unless an observer draws from the generator too."""
+    window = 1
+    if not any(getattr(o, "draws_batches", False) for o in observers):
+        window = max(1, min(t.prefetch_window() for t in tasks) // len(tasks))
+    for start in range(0, steps, window):
+        count = min(window, steps - start)
+        drawn = draw_batches([(t, "train") for _ in range(count) for t in tasks], generator)
+        for k in range(count):
+            yield drawn[k * len(tasks):(k + 1) * len(tasks)]
 
 
 def _precision(model: WarpedModel, observers: Sequence[Observer]) -> Callable:

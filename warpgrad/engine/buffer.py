@@ -66,6 +66,8 @@ class ReplayBuffer:
                         if with_state else None)
         self.task_index = torch.empty(capacity, dtype=torch.long)
         self.step = torch.empty(capacity, dtype=torch.long)
+        # written through numpy: a point's bookkeeping costs no tensor operators
+        self._task_index_np, self._step_np = self.task_index.numpy(), self.step.numpy()
         self.size = 0
 
     def __len__(self) -> int:
@@ -91,15 +93,28 @@ class ReplayBuffer:
         self._thetas.write(i, theta.detach())
         if self._states is not None:
             self._states.write(i, torch.zeros_like(theta) if state is None else state.detach())
-        self.task_index[i] = task_index
-        self.step[i] = step
+        self._task_index_np[i] = task_index
+        self._step_np[i] = step
         self.size += 1
 
     def gather(self, index: Tensor) -> Points:
         """The points at ``index`` (``[n]`` int64, each < ``len(self)``), in ``dtype``."""
+        thetas, states = self.read(index)
+        index = index.cpu()
+        return Points(thetas, states, self.task_index[index], self.step[index])
+
+    def read(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``thetas [n, P]`` and ``states [n, P]`` (or ``None``) of the points at ``index``,
+        in ``dtype``; an ``index`` already on :attr:`index_device` is not copied."""
         thetas = self._thetas.read(index).to(self.dtype)
         states = None if self._states is None else self._states.read(index).to(self.dtype)
-        return Points(thetas, states, self.task_index[index], self.step[index])
+        return thetas, states
+
+    @property
+    def index_device(self) -> torch.device:
+        """Where :meth:`read`'s indices are used: the device of rows in memory, the host
+        for rows on disk."""
+        return self._thetas.index_device
 
     def recorder(self, task_index: int, stride: int = 1, *,
                  steps: Collection[int] | None = None) -> _Recorder:
@@ -133,6 +148,7 @@ class _MemoryRows:
     def __init__(self, capacity: int, width: int, dtype: torch.dtype, device: torch.device,
                  directory: str | os.PathLike | None) -> None:
         self.rows = torch.empty(capacity, width, device=device, dtype=dtype)
+        self.index_device = device
         self.capacity = capacity
         self.memory_bytes = self.rows.numel() * self.rows.element_size()
 
@@ -150,6 +166,7 @@ class _DiskRows:
     def __init__(self, capacity: int, width: int, dtype: torch.dtype, device: torch.device,
                  directory: str | os.PathLike | None) -> None:
         self.capacity, self.width, self.dtype, self.device = capacity, width, dtype, device
+        self.index_device = torch.device("cpu")
         self.memory_bytes = 0
         self.row_bytes = width * torch.empty((), dtype=dtype).element_size()
         self.directory = str(directory or tempfile.gettempdir())
@@ -172,4 +189,4 @@ class _DiskRows:
             if got != self.row_bytes:
                 raise OSError(f"replay buffer file: read {got} of {self.row_bytes} bytes "
                               f"for point {i}")
-        return out.to(self.device)
+        return to_device(out, self.device)
