@@ -9,13 +9,13 @@
 #      (benchmarks/profile_gpu.py: how busy the GPU is, what the host does meanwhile);
 #   3. figure 8 with CUDA graphs: real meta-iterations over the whole meta-batch (tasks one
 #      by one, in parallel, points batched), the 1,000-iterations-in-an-hour question;
-#   4. figures 1, 4 and 5 with CUDA graphs;
-#   5. the eager figures 1, 2, 4 and 5, then figure 8 eager;
-#   6. figures 1 and 2 with torch.compile.
-# GPU_STAGES (comma-separated: info, glyphs, tests, profile, graphs-training, graphs, eager,
-# training, compile; and host-ops, figure 9 counted on the GPU, only when named: a ninth
-# file would not come back) picks stages, e.g. for a second call on what the first left
-# undone;
+#   4. the same with cuDNN's benchmark mode (it times its convolution algorithms per shape);
+#   5. figures 1, 4 and 5 with CUDA graphs;
+#   6. the eager figures 1, 2, 4 and 5, then figure 8 eager.
+# GPU_STAGES (comma-separated: info, glyphs, tests, profile, graphs-training, cudnn-training,
+# graphs, eager, training; and, only when named, compile (figures 1 and 2 with
+# torch.compile) and host-ops (figure 9 counted on the GPU): a ninth file would not come
+# back) picks stages, e.g. for a second call on what the first left undone;
 # GPU_TESTS is a pytest -k expression for the tests stage.
 # Needs only torch, numpy, matplotlib, tqdm and pytest (the lent machines' python3 has them).
 # GPU_SCALE=small GPU_DEVICE=cpu OUT=/tmp/g bash benchmarks/gpu.sh rehearses it here.
@@ -40,23 +40,23 @@ stage() {  # stage NAME CAP_S COMMAND...: run COMMAND for at most CAP_S (less if
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s" | tee -a "$log"
 }
 
-bench() {  # bench NAME COMPILE GRAPHS SECTIONS: the suite on the GPU; JSON to $out
+bench() {  # bench NAME COMPILE GRAPHS SECTIONS [CUDNN]: the suite on the GPU; JSON to $out
   # -c, not a here-document: the bench's forkserver children re-import __main__ by its path
   python3 -c '
 import os, shutil, sys, tempfile
 from warpgrad.bench import main
-name, compiled, graphs, sections, out = sys.argv[1:]
+name, compiled, graphs, sections, cudnn, out = sys.argv[1:]
 tmp = tempfile.mkdtemp()
 main(os.environ.get("GPU_SCALE", "full"), tmp, device=os.environ.get("GPU_DEVICE", "cuda"),
-     compile_forward=compiled == "1", cuda_graphs=graphs == "1",
+     compile_forward=compiled == "1", cuda_graphs=graphs == "1", cudnn_benchmark=cudnn == "1",
      sections=tuple(sections.split(",")))
 shutil.copy(f"{tmp}/bench.json", f"{out}/bench-{name}.json")
-' "$1" "$2" "$3" "$4" "$out"
+' "$1" "$2" "$3" "$4" "${5:-0}" "$out"
 }
 export -f bench
 export out
 
-stages=",${GPU_STAGES:-info,glyphs,tests,profile,graphs-training,graphs,eager,training,compile},"
+stages=",${GPU_STAGES:-info,glyphs,tests,profile,graphs-training,cudnn-training,graphs,eager,training},"
 want() { [[ $stages == *",$1,"* ]]; }
 figures=meta_iteration,overhead,warped_step,batched_objective
 want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -69,6 +69,7 @@ profile="python3 benchmarks/profile_gpu.py --scale ${GPU_SCALE:-full} --device $
 want profile && stage profile 150 bash -c "$profile --cuda-graphs --out $out/profile-graphs.txt \
   && $profile --out $out/profile-eager.txt"
 want graphs-training && stage graphs-training 150 bash -c 'bench "$@"' _ graphs-training 0 1 training
+want cudnn-training && stage cudnn-training 150 bash -c 'bench "$@"' _ cudnn-training 0 1 training 1
 want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective
 want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
 want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training

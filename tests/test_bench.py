@@ -254,8 +254,26 @@ def test_cli_bench_rejects_unknown_figures_and_writes_results(tmp_path, monkeypa
                                        str(tmp_path / "d"), "--compile"])
     assert result.exit_code == 0 and seen[-1].compile is True
     assert "compile on" in result.output
+    assert seen[0].cudnn_benchmark is False and "cuDNN benchmark off" in result.output
+    result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
+                                       str(tmp_path / "e"), "--cudnn-benchmark"])
+    assert result.exit_code == 0 and seen[-1].cudnn_benchmark is True
+    assert "cuDNN benchmark on" in result.output
     result = CliRunner().invoke(main, ["bench", "--device", "tpu"])
     assert result.exit_code == 2 and "unknown device" in result.output
+
+
+def test_a_case_runs_under_the_scales_cudnn_switch(monkeypatch):
+    monkeypatch.setattr(bench, "_SWITCHES", dict(bench._SWITCHES))
+    monkeypatch.setitem(bench.CASES, "probe",
+                        lambda scale: {"benchmark": torch.backends.cudnn.benchmark})
+    before = torch.backends.cudnn.benchmark
+    try:
+        for flag in (True, False):
+            scale = replace(bench.SCALES["small"], cudnn_benchmark=flag, tune_malloc=False)
+            assert bench._child("probe", scale, ()) == {"benchmark": flag}
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")

@@ -65,7 +65,9 @@ class Scale:
     The switches every case uses: ``threads``, ``channels_last``, ``precision`` (``fp32`` or
     ``bf16``), ``buffer`` (the offline replay buffer: ``memory``, ``float16`` or ``disk``),
     ``tune_malloc`` (:func:`warpgrad.tune_allocator`), ``compile`` (``torch.compile`` of
-    the model's forward, :class:`~warpgrad.models.warped.WarpedModel`) and ``device``
+    the model's forward, :class:`~warpgrad.models.warped.WarpedModel`), ``cuda_graphs``,
+    ``cudnn_benchmark`` (``torch.backends.cudnn.benchmark``: cuDNN times its convolution
+    algorithms at each new shape and keeps the fastest; a GPU switch) and ``device``
     (``cpu`` or ``cuda``: where models, data and buffers live).
     """
 
@@ -87,6 +89,7 @@ class Scale:
     tune_malloc: bool = True
     compile: bool = False
     cuda_graphs: bool = False
+    cudnn_benchmark: bool = False
     device: str = "cpu"
 
     @property
@@ -526,6 +529,7 @@ def _child(kind: str, scale: Scale, args: tuple) -> dict[str, float]:
 
     if scale.tune_malloc:
         tune_allocator()
+    torch.backends.cudnn.benchmark = scale.cudnn_benchmark
     _SWITCHES.update({name: getattr(scale, name) for name in _SWITCH_NAMES})
     if scale.threads is not None:
         torch.set_num_threads(scale.threads)
@@ -873,7 +877,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"{s.get('precision', 'fp32')}, buffer {s.get('buffer', 'memory')}, malloc "
              f"{'tuned' if s.get('tune_malloc', True) else 'default'}, compile "
              f"{'on' if s.get('compile', False) else 'off'}, CUDA graphs "
-             f"{'on' if s.get('cuda_graphs', False) else 'off'}.", "",
+             f"{'on' if s.get('cuda_graphs', False) else 'off'}, cuDNN benchmark "
+             f"{'on' if s.get('cudnn_benchmark', False) else 'off'}.", "",
              "| figure | case | value | unit |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
     notes: dict[str, list[str]] = {}
@@ -915,7 +920,8 @@ def main(scale: str = "small", out: str | os.PathLike = "runs/bench", *,
          threads: int | None = None, measured_tasks: int | None = None,
          sections: tuple[str, ...] | None = None, channels_last: bool = False,
          precision: str = "fp32", buffer: str = "memory", tune_malloc: bool = True,
-         compile_forward: bool = False, cuda_graphs: bool = False, device: str = "cpu",
+         compile_forward: bool = False, cuda_graphs: bool = False,
+         cudnn_benchmark: bool = False, device: str = "cpu",
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the suite, print the markdown and write ``bench.json``/``bench.md`` to ``out``.
     The switches apply to every figure except figure 6, which varies them itself."""
@@ -933,7 +939,7 @@ def main(scale: str = "small", out: str | os.PathLike = "runs/bench", *,
         raise ValueError("device 'cuda' requested but CUDA is not available here")
     chosen = replace(SCALES[scale], channels_last=channels_last, precision=precision,
                      buffer=buffer, tune_malloc=tune_malloc, compile=compile_forward,
-                     cuda_graphs=cuda_graphs, device=device)
+                     cuda_graphs=cuda_graphs, cudnn_benchmark=cudnn_benchmark, device=device)
     if threads is not None:
         chosen = replace(chosen, threads=threads)
     if measured_tasks is not None:

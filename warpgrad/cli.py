@@ -233,11 +233,14 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
               help="torch.compile the model's forward (compiles during each case's warm-up)")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
               help="replay the engine's fixed-shape passes from CUDA graphs (a GPU switch)")
+@click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=False, show_default=True,
+              help="let cuDNN time its convolution algorithms per shape and keep the fastest "
+              "(a GPU switch)")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda: where every case's model, data and buffer live")
 def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: str | None,
           channels_last: bool, precision: str, buffer: str, tune_malloc: bool,
-          compile_forward: bool, cuda_graphs: bool, device: str) -> None:
+          compile_forward: bool, cuda_graphs: bool, cudnn_benchmark: bool, device: str) -> None:
     """Benchmark one meta-iteration: seconds, peak memory, overhead over bare compute.
 
     Prints a markdown table and writes OUT/bench.json and OUT/bench.md (see BENCHMARKS.md).
@@ -258,7 +261,7 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
     run_bench(scale, out, threads=threads, measured_tasks=tasks, sections=sections,
               channels_last=channels_last, precision=precision, buffer=buffer,
               tune_malloc=tune_malloc, compile_forward=compile_forward,
-              cuda_graphs=cuda_graphs, device=device,
+              cuda_graphs=cuda_graphs, cudnn_benchmark=cudnn_benchmark, device=device,
               log=lambda line: click.echo(line, err=not line.startswith("## ")))
 
 
