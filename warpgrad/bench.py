@@ -372,7 +372,7 @@ def case_host_ops(scale: Scale, mode: str) -> dict[str, float]:
     the graphs)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from warpgrad.engine.graphs import replaying
+    from warpgrad.engine.graphs import rehearsing
 
     class HostOps(TorchDispatchMode):
         def __init__(self) -> None:
@@ -380,7 +380,7 @@ def case_host_ops(scale: Scale, mode: str) -> dict[str, float]:
             self.ops = self.reads = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not replaying():
+            if not rehearsing():
                 self.ops += 1
                 self.reads += func is torch.ops.aten._local_scalar_dense.default
             return func(*args, **(kwargs or {}))

@@ -127,10 +127,10 @@ def _standing_in() -> Iterator[None]:
         _STAND_INS[0] -= 1
 
 
-def replaying() -> bool:
+def rehearsing() -> bool:
     """Whether a graphed function is running eagerly in place of a replay (the CPU
-    rehearsal, or a pass that could not be captured): on a GPU with captured graphs its
-    operators cost no host work (``warpgrad bench`` figure 9 counts the others)."""
+    rehearsal, or a pass that could not be captured). On a GPU, a replay's operators cost
+    the host nothing; ``warpgrad bench`` figure 9 counts only the others."""
     return _STAND_INS[0] > 0
 
 
