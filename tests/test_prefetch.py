@@ -87,6 +87,8 @@ def test_prefetch_window_follows_the_memory_budget():
     assert _task(0, batch_size=10, size=10, prefetch_mb=0.04).prefetch_window() == 10
     assert _task(0, batch_size=10, size=10, prefetch_mb=0).prefetch_window() == 1
     assert _task(0, batch_size=128, size=28).prefetch_window() == 14  # 6 MB on the CPU
+    with pytest.raises(ValueError, match="prefetch_mb"):
+        _task(0, prefetch_mb=-1)
 
 
 def _spy_windows(monkeypatch) -> list[int]:

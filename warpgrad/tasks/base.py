@@ -84,6 +84,8 @@ class Task:
             raise ValueError("a task needs at least one training example")
         if self.meta_split not in ("train", "test"):
             raise ValueError(f"meta_split must be 'train' or 'test', got {self.meta_split!r}")
+        if self.prefetch_mb is not None and not self.prefetch_mb >= 0:
+            raise ValueError(f"prefetch_mb must be None or at least 0, got {self.prefetch_mb}")
 
     @property
     def device(self) -> torch.device:
