@@ -118,11 +118,10 @@ class Task:
             return self.x_train, self.y_train
         splits = self.transform is None or (hasattr(self.transform, "sample")
                                             and hasattr(self.transform, "apply"))
-        if not splits:
-            index = self._draw_index(generator)
-            x, y = self._gather([index] if index is not None else None, 1)
-            return self.transform(x, generator), y
         index = self._draw_index(generator)
+        if not splits:
+            x, y = self._gather(None if index is None else [index], 1)
+            return self.transform(x, generator), y
         rows = len(self.x_train) if index is None else len(index)
         params = None if self.transform is None else self.transform.sample(rows, generator)
         return _Planned(self, index, params)
