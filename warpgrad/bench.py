@@ -441,7 +441,6 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
     """Conv4 on plain tensors, with the case's layout and precision switches (and, in
     channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy).
     ``full_precision``: float32 even under bf16, as the library's WarpGrad step runs."""
-    from warpgrad.models._pool import max_pool2d
     from warpgrad.models.warped import to_channels_last
 
     nhwc = _SWITCHES["channels_last"]
@@ -450,7 +449,7 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
                         enabled=_SWITCHES["precision"] == "bf16" and not full_precision):
         for i in range(4):
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
-            h = max_pool2d(F.conv2d(h, w, b, padding=1), 2)  # the library's pooling
+            h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
             if nhwc:
                 h = F.batch_norm(h.contiguous(), None, None, gamma, beta, training=True
                                  ).contiguous(memory_format=torch.channels_last)

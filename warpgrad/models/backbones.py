@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from warpgrad.models._norm import BatchNorm2d
-from warpgrad.models._pool import MaxPool2d
 from warpgrad.models.warp_layers import WarpKind, warp_stack
 from warpgrad.models.warped import Precision, WarpedModel
 
@@ -71,7 +70,7 @@ def conv4(
     for i in range(1, 5):
         layers[f"block{i}"] = nn.Sequential(
             nn.Conv2d(channels, filters, 3, padding=1),
-            MaxPool2d(2),
+            nn.MaxPool2d(2),
             BatchNorm2d(filters, track_running_stats=batch_norm == "running"),
             nn.ReLU(),
         )
