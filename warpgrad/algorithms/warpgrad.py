@@ -201,7 +201,7 @@ class WarpGrad:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Mean meta-loss over buffer points; each point draws its batches from its task."""
-        drawn = _point_batches(tasks, _pairs(points), generator)
+        drawn = _point_batches(tasks, _pairs(points.task_index, points.step), generator)
         return self._batches_loss(model, loss_fn, optimizer, points.thetas, points.states,
                                   list(drawn))
 
@@ -280,8 +280,8 @@ class WarpGrad:
             order = canonical[torch.randperm(n, generator=generator)]
             # the epoch's batches in its order, drawn a window of points ahead: nothing else
             # draws from the generator until the epoch ends
-            drawn = _point_batches(tasks, list(zip(buffer.task_index[order].tolist(),
-                                                   buffer.step[order].tolist())), generator)
+            drawn = _point_batches(tasks, _pairs(buffer.task_index[order], buffer.step[order]),
+                                   generator)
             # one copy of the order to where the rows are read, not one per update
             chunks = to_device(order, buffer.index_device).split(self.points_per_update)
             for chunk in chunks:
@@ -371,8 +371,9 @@ class _OnlineAccumulator:
         self.losses.append(loss.item())
 
 
-def _pairs(points: Points) -> list[tuple[int, int]]:
-    return list(zip(points.task_index.tolist(), points.step.tolist()))
+def _pairs(task_index: Tensor, step: Tensor) -> list[tuple[int, int]]:
+    """``(task index, step)`` of each point, as Python ints."""
+    return list(zip(task_index.tolist(), step.tolist()))
 
 
 def _point_batches(tasks: Sequence[Task], pairs: Sequence[tuple[int, int]],

@@ -200,7 +200,8 @@ def adapt_tasks(
     per_task = [list(o) for o in observers] if observers is not None else [[] for _ in tasks]
     if len(per_task) != len(tasks):
         raise ValueError(f"{len(tasks)} tasks but {len(per_task)} observer lists")
-    if any(getattr(o, "needs_step_graph", False) for obs in per_task for o in obs):
+    watching = [o for obs in per_task for o in obs]
+    if any(getattr(o, "needs_step_graph", False) for o in watching):
         raise ValueError("adapt_tasks keeps no step graphs; adapt the tasks one by one")
     thetas = theta.detach().expand(len(tasks), -1).clone()
     states = optimizer.init_state(thetas)
@@ -215,13 +216,13 @@ def adapt_tasks(
         return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
     step_all = torch.func.vmap(loss_and_grad)
-    precise = _precision(model, [o for obs in per_task for o in obs])
+    precise = _precision(model, watching)
     graphs = graphs_of(model)
     reads = reads_of(model, optimizer) + list((phi or {}).values())
     with model.plain_layout(), precise():
         graph_name = ("adapt_tasks", loss_fn, switches_of(model))
         losses = []
-        batches = _step_batches(tasks, steps, generator, [o for obs in per_task for o in obs])
+        batches = _step_batches(tasks, steps, generator, watching)
         for k in range(steps):
             x, y = stacked(next(batches))
             if graphs is not None:
@@ -239,7 +240,7 @@ def adapt_tasks(
             with torch.no_grad():
                 thetas, states = optimizer.step(thetas, grads, states)
         final_losses: Tensor | None = None
-        if any(o.needs_final_loss for obs in per_task for o in obs):
+        if any(o.needs_final_loss for o in watching):
             with torch.no_grad():
                 x, y = stacked([task.train_batch(generator) for task in tasks])
                 final_losses = torch.func.vmap(lambda t, xb, yb: loss_fn(model(xb, t, phi), yb))(
