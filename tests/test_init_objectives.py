@@ -141,3 +141,74 @@ def test_leap_segment_of_zero_length_adds_nothing():
     # counted as a fall (the stabiliser), over the length sqrt(|θ_1 - θ_2|² + Δloss²)
     expected = (torch.tensor([-3.0, -3.0]) + 3.0 * grad) / torch.tensor(27.0).sqrt()
     assert torch.allclose(observer.gradient, expected)
+
+
+def _leap_records(steps: int, size: int = 5):
+    """A made-up trajectory with its losses and gradients (float64), one row per point."""
+    g = torch.Generator().manual_seed(0)
+    thetas = torch.randn(steps + 1, size, generator=g, dtype=torch.float64)
+    losses = torch.rand(steps + 1, generator=g, dtype=torch.float64)
+    grads = torch.randn(steps, size, generator=g, dtype=torch.float64)
+    return thetas, losses, grads
+
+
+def _streamed_leap(leap, thetas, losses, grads, window_bytes, monkeypatch):
+    import warpgrad.algorithms.leap as leap_module
+
+    monkeypatch.setattr(leap_module, "WINDOW_BYTES", window_bytes)
+    observer = leap.observer()
+    shared = thetas.clone()  # records are rows (views) of one tensor, as in adapt_tasks
+    for k in range(len(thetas)):
+        observer.observe(StepRecord(k, shared[k], None, losses[k].clone(),
+                                    grads[k] if k < len(grads) else None))
+    shared.zero_()  # the caller reuses its memory: the observer must have kept its own
+    return observer.gradient
+
+
+def test_leap_sums_segments_the_same_in_windows_of_any_size(monkeypatch):
+    """Segments are summed a window at a time (one batched computation instead of ~16
+    operators per step); the window's size must not change the gradient, which must be the
+    hand-computed sum of normalised segments with the stabiliser."""
+    thetas, losses, grads = _leap_records(7)
+    expected = torch.zeros(5, dtype=torch.float64)
+    for k in range(7):
+        d_loss = -(losses[k + 1] - losses[k]).abs()
+        segment = thetas[k] - thetas[k + 1] - d_loss * grads[k]
+        expected += segment / ((thetas[k] - thetas[k + 1]).pow(2).sum() + d_loss ** 2).sqrt()
+    for window_bytes in (1, 2 * 2 * 5 * 8, 3 * 2 * 5 * 8, 10**9):  # 1, 2, 3, all points
+        got = _streamed_leap(Leap(), thetas, losses, grads, window_bytes, monkeypatch)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    simple = _streamed_leap(Leap(loss_dimension=False), thetas, losses, grads, 1, monkeypatch)
+    torch.testing.assert_close(simple, sum((thetas[k] - thetas[k + 1])
+                                           / (thetas[k] - thetas[k + 1]).norm()
+                                           for k in range(7)))
+
+
+def test_leap_observer_dispatches_no_operator_per_step_within_a_window():
+    """On a GPU every operator is a launch the host pays for: while a window fills, watching
+    a step costs none; closing it costs a fixed number, whatever the window's length."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    costs = {}
+    for steps in (4, 12):
+        thetas, losses, grads = _leap_records(steps)
+        records = [StepRecord(k, thetas[k].clone(), None, losses[k].clone(),
+                              grads[k].clone() if k < steps else None)
+                   for k in range(steps + 1)]
+        observer = Leap().observer()
+        with Count():
+            Count.ops = 0
+            for record in records:
+                observer.observe(record)
+            watching = Count.ops
+            assert observer.gradient is not None
+        assert watching == 0
+        costs[steps] = Count.ops
+    assert costs[4] == costs[12] < 30

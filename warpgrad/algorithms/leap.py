@@ -47,32 +47,74 @@ class Leap(InitObjective):
         return observer.gradient
 
 
+WINDOW_BYTES = 8_000_000
+"""How much trajectory a Leap observer holds before it sums the segments in it: one batched
+computation per window instead of ~16 small operations per step (each a kernel launch on a
+GPU, where the host bounds the loop)."""
+
+
 class _PathLength:
-    """Streams over a trajectory, adding each segment's gradient as soon as it closes."""
+    """Streams over a trajectory, summing the segments a window of points at a time.
+
+    ``gradient`` ``[P]`` is the sum of every closed segment's gradient (``None`` before the
+    first segment closes)."""
 
     def __init__(self, leap: Leap) -> None:
         self.leap = leap
         self.needs_final_loss = leap.loss_dimension
-        self.previous: StepRecord | None = None
-        self.gradient: Tensor | None = None
+        self._thetas: list[Tensor] = []
+        self._losses: list[Tensor] = []
+        self._grads: list[Tensor] = []
+        self._window = 0
+        self._sum: Tensor | None = None
+
+    @property
+    def gradient(self) -> Tensor | None:
+        self._close_segments()
+        return self._sum
 
     def observe(self, record: StepRecord) -> None:
-        if self.previous is not None:
-            segment = self._segment(self.previous, record)
-            self.gradient = segment if self.gradient is None else self.gradient + segment
-        self.previous = record
-
-    def _segment(self, start: StepRecord, end: StepRecord) -> Tensor:
-        d_theta = start.theta - end.theta
-        squared = d_theta.pow(2).sum()
+        if not self._window:
+            per_point = record.theta.numel() * record.theta.element_size()
+            per_point *= 2 if self.leap.loss_dimension else 1
+            self._window = max(1, WINDOW_BYTES // per_point)
+        self._thetas.append(_owned(record.theta))
         if self.leap.loss_dimension:
-            d_loss = end.loss - start.loss
+            self._losses.append(record.loss)
+            if record.grad is not None:
+                self._grads.append(_owned(record.grad))
+        if len(self._thetas) > self._window:
+            self._close_segments()
+
+    def _close_segments(self) -> None:
+        """Adds the segments between the held points; keeps the last point, where the next
+        segment starts."""
+        count = len(self._thetas) - 1
+        if count < 1:
+            return
+        thetas = torch.stack(self._thetas)  # [count + 1, P]
+        d_theta = thetas[:-1] - thetas[1:]
+        squared = d_theta.pow(2).sum(1)
+        if self.leap.loss_dimension:
+            losses = torch.stack(self._losses)
+            d_loss = losses[1:] - losses[:-1]
             if self.leap.stabilizer:  # a rise in loss counts as a fall (no host sync)
                 d_loss = -d_loss.abs()
-            d_theta = d_theta - d_loss * start.grad
+            d_theta = d_theta - d_loss[:, None] * torch.stack(self._grads[:count])
             squared = squared + d_loss.pow(2)
         if self.leap.norm:
             length = squared.sqrt()
             # a zero-length segment stays zero; a where, not an if: no host-device sync
-            d_theta = d_theta / torch.where(length > 0, length, torch.ones_like(length))
-        return d_theta
+            d_theta = d_theta / torch.where(length > 0, length, 1.0)[:, None]
+        total = d_theta.sum(0)
+        self._sum = total if self._sum is None else self._sum + total
+        self._thetas, self._losses = self._thetas[-1:], self._losses[-1:]
+        self._grads = self._grads[count:]
+
+
+def _owned(t: Tensor) -> Tensor:
+    """``t``, or a copy where it is a view into a larger tensor (one task's row of the
+    meta-batch's ``[T, P]``), which holding would keep whole."""
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.clone()
+    return t

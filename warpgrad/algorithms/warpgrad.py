@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from warpgrad._autograd import detached
 from warpgrad._transfer import to_device
 from warpgrad.engine.adapt import LossFn, StepRecord
 from warpgrad.engine.buffer import Points, ReplayBuffer
@@ -295,7 +296,7 @@ class WarpGrad:
                     loss = self._graphed_update(graphs, model, loss_fn, optimizer, thetas, states,
                                                 batches, inputs, reads)
                 meta_optimizer.step()
-                history.append(loss.detach())
+                history.append(detached(loss))
         if graphs is not None:  # the last update's gradients outlive the graph's next replay
             for p in inputs:
                 p.grad = None if p.grad is None else p.grad.clone()

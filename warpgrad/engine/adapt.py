@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from warpgrad._autograd import detached
 from warpgrad.engine.graphs import graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
 from warpgrad.models.warped import WarpedModel
@@ -129,30 +130,39 @@ def adapt(
             loss = loss_fn(model(x, leaf, phi), y)
         return loss.detach(), torch.autograd.grad(loss, leaf)[0]
 
+    def graphed_step(theta: Tensor, x: Tensor, y: Tensor, *state: Tensor) -> list[Tensor]:
+        # the SGD update too: a replay is one launch, the update outside it three
+        loss, grad = loss_and_grad(theta, x, y)
+        with torch.no_grad():
+            theta, new_state = optimizer.step(theta, grad, state[0] if state else None)
+        return [loss, grad, theta, *(() if new_state is None else (new_state,))]
+
     losses = []
     batches = _step_batches([task], steps, generator, observers)
     for k in range(steps):
         ((x, y),) = next(batches)
-        if graphs is not None:
-            loss, grad = graphs(graph_name, loss_and_grad, (theta, x, y), graph_reads)
-            theta = theta.detach()
+        if graphs is not None:  # every output comes back detached
+            args = (theta, x, y) if state is None else (theta, x, y, state)
+            loss, grad, *stepped = graphs(graph_name, graphed_step, args, graph_reads)
         else:
             if not create_graph:
                 theta = theta.detach().requires_grad_()
             with mode(), precise():
                 loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
             (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph or step_graph)
-        losses.append(loss.detach())
+        losses.append(detached(loss))
         if observers:
-            record = StepRecord(k, theta.detach(), _detach(state), loss.detach(), grad.detach(),
+            record = StepRecord(k, detached(theta), detached(state), detached(loss), detached(grad),
                                 grad if step_graph else None)
             for observer in observers:
                 observer.observe(record)
             del record
-        if create_graph:
+        if graphs is not None:
+            theta, state = stepped[0], (stepped[1] if len(stepped) > 1 else None)
+        elif create_graph:
             theta, state = optimizer.step(theta, grad, state)
         else:
-            grad = grad.detach()  # drops the step's graph, if an observer kept one
+            grad = detached(grad)  # drops the step's graph, if an observer kept one
             with torch.no_grad():
                 theta, state = optimizer.step(theta, grad, state)
     if observers:
@@ -161,7 +171,7 @@ def adapt(
             with torch.no_grad():
                 x, y = task.train_batch(generator)
                 final_loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
-        record = StepRecord(steps, theta.detach(), _detach(state), final_loss, None)
+        record = StepRecord(steps, detached(theta), detached(state), final_loss, None)
         for observer in observers:
             observer.observe(record)
     stacked = torch.stack(losses) if losses else theta.new_zeros(0)
@@ -229,7 +239,7 @@ def adapt_tasks(
                 grads, loss = graphs(graph_name, step_all, (thetas, x, y), reads)
             else:
                 grads, loss = step_all(thetas, x, y)
-            grads, loss = grads.detach(), loss.detach()
+            grads, loss = detached(grads), detached(loss)
             losses.append(loss)
             for i, obs in enumerate(per_task):
                 if obs:
@@ -276,6 +286,3 @@ def _precision(model: WarpedModel, observers: Sequence[Observer]) -> Callable:
         return model.full_precision
     return nullcontext
 
-
-def _detach(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach()

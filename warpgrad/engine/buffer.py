@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from warpgrad._autograd import detached
 from warpgrad._transfer import to_device
 from warpgrad.engine.adapt import StepRecord
 
@@ -90,9 +91,9 @@ class ReplayBuffer:
         if self.size == self.capacity:
             raise RuntimeError(f"replay buffer is full ({self.capacity} points); clear it first")
         i = self.size
-        self._thetas.write(i, theta.detach())
+        self._thetas.write(i, detached(theta))
         if self._states is not None:
-            self._states.write(i, torch.zeros_like(theta) if state is None else state.detach())
+            self._states.write(i, torch.zeros_like(theta) if state is None else detached(state))
         self._task_index_np[i] = task_index
         self._step_np[i] = step
         self.size += 1

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from warpgrad._autograd import detached
+
 GraphedFn = Callable[..., Sequence[Tensor | None]]
 """A pure function of tensors returning tensors (``None`` where, e.g., a gradient does not
 exist: it stays ``None`` on every replay)."""
@@ -96,7 +98,7 @@ class GraphCache:
             outputs = entry.outputs
         if not fresh:
             return outputs
-        return [None if o is None else o.detach().clone() for o in outputs]
+        return [None if o is None else detached(o).clone() for o in outputs]
 
     def _capture(self, fn: GraphedFn, args: Sequence[Tensor]) -> _Captured:
         self.captures += 1
