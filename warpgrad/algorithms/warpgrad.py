@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -43,6 +44,7 @@ from warpgrad.engine.adapt import LossFn, StepRecord
 from warpgrad.engine.buffer import Points, ReplayBuffer
 from warpgrad.engine.graphs import GraphCache, graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
+from warpgrad.models._norm import EXACT_UNDER_VMAP, second_order
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Batch, Task, draw_batches
 
@@ -221,7 +223,8 @@ class WarpGrad:
                                        list(zip(mx, my)), vmapped=True)
 
             state_dim = None if states is None else 0
-            with model.plain_layout():
+            exact = second_order if self.variant == "exact" else nullcontext
+            with model.plain_layout(), exact():
                 losses = torch.func.vmap(one, in_dims=(0, state_dim, 0, 0, 0, 0),
                                          chunk_size=self.chunk_size, randomness="different")(
                     thetas, states, inner_x, inner_y, meta_x, meta_y)
@@ -236,11 +239,12 @@ class WarpGrad:
     def _vmap_safe(self, model: WarpedModel) -> bool:
         if model.has_buffers:
             return False
-        # PyTorch 2.13's vmap gets batch norm's second-order gradient wrong (measured: ~2e-3
-        # off finite differences on Conv4, while one point at a time matches them to 1e-9)
-        has_batch_norm = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
-                             for m in model.module.modules())
-        return not (self.variant == "exact" and has_batch_norm)
+        # vmap gets the fused batch norm's second-order gradient wrong (pytorch/functorch#534:
+        # 2.3e-3 off on Conv4 in float64); the library's own layers avoid it (models._norm)
+        norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+        fused = any(isinstance(m, norms) and not isinstance(m, EXACT_UNDER_VMAP)
+                    for m in model.module.modules())
+        return not (self.variant == "exact" and fused)
 
     # -- the two regimes ------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from warpgrad.models._norm import BatchNorm2d
+from warpgrad.models._norm import BatchNorm1d, BatchNorm2d
 
 WarpKind = Literal["scale", "linear", "conv3x3"]
 
@@ -77,7 +77,7 @@ class WarpLayer(nn.Module):
             raise ValueError(f"init must be 'identity' or 'default', got {init!r}")
         if init == "identity" and not residual and kind != "scale":
             _identity_(self.map)
-        norm_cls = BatchNorm2d if spatial else nn.BatchNorm1d
+        norm_cls = BatchNorm2d if spatial else BatchNorm1d
         self.norm = norm_cls(channels, track_running_stats=False) if batch_norm else nn.Identity()
         self.act = _activation(activation)
         self.residual = residual
