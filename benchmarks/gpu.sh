@@ -5,17 +5,19 @@
 # (default 500 s) and a stage that runs long costs only itself:
 #   1. the CUDA tests (tests/test_cuda.py: GPU meta-steps equal the CPU's, CUDA graphs,
 #      compile, the bench);
-#   2. a profile of one task's first-order meta-iteration, with CUDA graphs and eager
-#      (benchmarks/profile_gpu.py: how busy the GPU is, what the host does meanwhile);
-#   3. figure 8 with CUDA graphs: real meta-iterations over the whole meta-batch (tasks one
+#   2. figure 8 with CUDA graphs: real meta-iterations over the whole meta-batch (tasks one
 #      by one, in parallel, points batched), the 1,000-iterations-in-an-hour question;
-#   4. the same with cuDNN's benchmark mode (it times its convolution algorithms per shape);
-#   5. figures 1, 4 and 5 with CUDA graphs;
-#   6. the eager figures 1, 2, 4 and 5, then figure 8 eager.
-# GPU_STAGES (comma-separated: info, glyphs, tests, profile, graphs-training, cudnn-training,
-# graphs, eager, training; and, only when named, compile (figures 1 and 2 with
-# torch.compile) and host-ops (figure 9 counted on the GPU): a ninth file would not come
-# back) picks stages, e.g. for a second call on what the first left undone;
+#   3. figure 8's tasks-one-by-one rows (first-order, exact) with torch.compile's fused
+#      kernels inside the CUDA graphs (fewer, larger kernels per replay), printed to all.log;
+#   4. a profile of one task's first-order meta-iteration, with CUDA graphs and eager
+#      (benchmarks/profile_gpu.py: how busy the GPU is, what the host does meanwhile);
+#   5. figure 8 with cuDNN's benchmark mode (it times its convolution algorithms per shape);
+#   6. figures 1, 4 and 5 with CUDA graphs;
+#   7. the eager figures 1, 2, 4 and 5, then figure 8 eager.
+# GPU_STAGES (comma-separated: info, glyphs, tests, graphs-training, compile-graphs-training,
+# profile, cudnn-training, graphs, eager, training; and, only when named, compile (figures
+# 1 and 2 with torch.compile) and host-ops (figure 9 counted on the GPU): a ninth file would
+# not come back) picks stages, e.g. for a second call on what the first left undone;
 # GPU_TESTS is a pytest -k expression for the tests stage.
 # Needs only torch, numpy, matplotlib, tqdm and pytest (the lent machines' python3 has them).
 # GPU_SCALE=small GPU_DEVICE=cpu OUT=/tmp/g bash benchmarks/gpu.sh rehearses it here.
@@ -56,7 +58,21 @@ shutil.copy(f"{tmp}/bench.json", f"{out}/bench-{name}.json")
 export -f bench
 export out
 
-stages=",${GPU_STAGES:-info,glyphs,tests,profile,graphs-training,cudnn-training,graphs,eager,training},"
+compiled_training() {  # figure 8, tasks one by one, compile + CUDA graphs: JSON lines in the log
+  python3 -c '
+import dataclasses, json, os
+from warpgrad.bench import SCALES, run_case
+scale = dataclasses.replace(SCALES[os.environ.get("GPU_SCALE", "full")], compile=True,
+                            cuda_graphs=True, device=os.environ.get("GPU_DEVICE", "cuda"))
+for variant in ("first-order", "exact"):
+    result = run_case("training", scale, variant, "tasks one by one")
+    print(json.dumps({"figure": "training, compile + cuda graphs", "variant": variant,
+                      **result}), flush=True)
+'
+}
+export -f compiled_training
+
+stages=",${GPU_STAGES:-info,glyphs,tests,graphs-training,compile-graphs-training,profile,cudnn-training,graphs,eager,training},"
 want() { [[ $stages == *",$1,"* ]]; }
 figures=meta_iteration,overhead,warped_step,batched_objective
 want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -65,10 +81,11 @@ want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,dri
 want glyphs && stage glyphs 60 python3 -c "from warpgrad.data import load_glyphs; print(load_glyphs())"
 want tests && stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   -k "${GPU_TESTS:-}"
+want graphs-training && stage graphs-training 150 bash -c 'bench "$@"' _ graphs-training 0 1 training
+want compile-graphs-training && stage compile-graphs-training 180 bash -c compiled_training
 profile="python3 benchmarks/profile_gpu.py --scale ${GPU_SCALE:-full} --device ${GPU_DEVICE:-cuda}"
 want profile && stage profile 150 bash -c "$profile --cuda-graphs --out $out/profile-graphs.txt \
   && $profile --out $out/profile-eager.txt"
-want graphs-training && stage graphs-training 150 bash -c 'bench "$@"' _ graphs-training 0 1 training
 want cudnn-training && stage cudnn-training 150 bash -c 'bench "$@"' _ cudnn-training 0 1 training 1
 want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective
 want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures

@@ -40,6 +40,7 @@ def _meta_step(device: str, warp: WarpGrad, dtype: torch.dtype = torch.float64,
 @pytest.mark.parametrize("warp", [
     WarpGrad("exact"), WarpGrad("first-order"), WarpGrad("exact", buffer_on_disk=True),
     WarpGrad("first-order", points_per_update=4, batched=True),
+    WarpGrad("exact", points_per_update=4, batched=True),  # vmapped, batch norm primitive
     WarpGrad("exact", "online", share_step=True),
 ])
 def test_meta_step_on_cuda_is_the_cpu_meta_step(warp):
@@ -92,6 +93,20 @@ def test_cuda_graphs_replay_the_cpu_meta_steps(warp, parallel):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         gpu = _meta_step("cuda", warp, meta_steps=2, parallel_tasks=parallel, cuda_graphs=True)
+    assert not [w for w in seen if "could not capture" in str(w.message)]
+    torch.testing.assert_close(gpu, cpu, rtol=1e-7, atol=1e-9)
+
+
+def test_compiled_passes_replay_from_cuda_graphs():
+    """Both switches: torch.compile's kernels, captured in the engine's CUDA graphs, give
+    the CPU's eager float64 meta-steps; no pass fell back to eager."""
+    import warnings
+
+    cpu = _meta_step("cpu", WarpGrad("first-order"), meta_steps=2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        gpu = _meta_step("cuda", WarpGrad("first-order"), meta_steps=2, cuda_graphs=True,
+                         compile=True)
     assert not [w for w in seen if "could not capture" in str(w.message)]
     torch.testing.assert_close(gpu, cpu, rtol=1e-7, atol=1e-9)
 
