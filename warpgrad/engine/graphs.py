@@ -22,14 +22,14 @@ does.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from warpgrad._autograd import detached
+from warpgrad._scope import Scope
 
 GraphedFn = Callable[..., Sequence[Tensor | None]]
 """A pure function of tensors returning tensors (``None`` where, e.g., a gradient does not
@@ -91,7 +91,7 @@ class GraphCache:
             for static, value in zip(entry.inputs, args):
                 static.copy_(value)
         if entry.graph is None:
-            with _standing_in():
+            with _STANDING_IN:
                 outputs = list(entry.fn(*entry.inputs))
         else:
             entry.graph.replay()
@@ -117,23 +117,15 @@ class GraphCache:
         return _Captured(inputs, outputs, graph, fn)
 
 
-_STAND_INS = [0]
-
-
-@contextmanager
-def _standing_in() -> Iterator[None]:
-    _STAND_INS[0] += 1
-    try:
-        yield
-    finally:
-        _STAND_INS[0] -= 1
+_STANDING_IN = Scope()
+"""Open while a graphed function runs eagerly in place of a replay."""
 
 
 def rehearsing() -> bool:
     """Whether a graphed function is running eagerly in place of a replay (the CPU
     rehearsal, or a pass that could not be captured). On a GPU, a replay's operators cost
     the host nothing; ``warpgrad bench`` figure 9 counts only the others."""
-    return _STAND_INS[0] > 0
+    return bool(_STANDING_IN)
 
 
 def _rehearsal(fn: GraphedFn, args: Sequence[Tensor]) -> _Captured:

@@ -20,11 +20,10 @@ Two fixes, each a drop-in subclass (same parameters, buffers and state-dict keys
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
+
+from warpgrad._scope import Scope
 
 
 def _is_nhwc(x: Tensor) -> bool:
@@ -32,18 +31,13 @@ def _is_nhwc(x: Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
-_SECOND_ORDER = [0]
+_SECOND_ORDER = Scope()
 
 
-@contextmanager
-def second_order() -> Iterator[None]:
-    """Inside the block, vmapped batch norm of the library's layers is built from primitive
-    operators, so that a gradient of its gradient is exact."""
-    _SECOND_ORDER[0] += 1
-    try:
-        yield
-    finally:
-        _SECOND_ORDER[0] -= 1
+def second_order() -> Scope:
+    """A ``with`` block inside which vmapped batch norm of the library's layers is built from
+    primitive operators, so that a gradient of its gradient is exact."""
+    return _SECOND_ORDER
 
 
 def _under_vmap() -> bool:
@@ -63,7 +57,7 @@ class _PrimitiveUnderVmap:
     running_mean: Tensor | None
 
     def _primitive(self) -> bool:
-        return self.running_mean is None and _SECOND_ORDER[0] > 0 and _under_vmap()
+        return self.running_mean is None and bool(_SECOND_ORDER) and _under_vmap()
 
     def _batch_norm_from_primitives(self, x: Tensor) -> Tensor:
         dims = (0, *range(2, x.dim()))
