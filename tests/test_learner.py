@@ -237,3 +237,30 @@ def test_adapt_tasks_matches_adapt_per_task_with_momentum_and_refuses_what_it_ca
     uneven = [regression_task(0, n_train=8), regression_task(1, n_train=6)]
     with pytest.raises(ValueError, match="batch shape"):
         adapt_tasks(model, model.init_theta(), uneven, F.mse_loss, opt, 1)
+
+
+@pytest.mark.parametrize("regime", ["online", "offline"])
+def test_values_read_back_per_meta_step_do_not_grow_with_the_steps(regime):
+    """Each value read back to Python (``.item()``, ``float()``, an ``if`` on a tensor) makes
+    a GPU's host wait for the device: a meta-step reads its losses once at the end, not once
+    per point or step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Reads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    counts = {}
+    for steps in (2, 6):
+        learner = make_learner("warp-leap", tiny_warped_mlp(), F.mse_loss, steps=steps,
+                               inner_lr=0.1, seed=0, warp=WarpGrad("first-order", regime))
+        tasks = [regression_task(s) for s in range(2)]
+        with Reads():
+            Reads.count = 0
+            stats = learner.meta_step(tasks)
+        counts[steps] = Reads.count
+        assert stats["warp_loss"] > 0
+    assert counts[2] == counts[6] <= 2, counts

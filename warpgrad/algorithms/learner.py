@@ -234,6 +234,7 @@ class MetaLearner:
                                        generator=self.generator))
         theta0_grad = None
         warp_losses: list[float] = []
+        online_losses: list[torch.Tensor] = []
         first, last = [], []
         for task, (init_observer, online_observer, observers) in zip(tasks, watchers):
             theta0 = model.init_theta().detach().requires_grad_(differentiable)
@@ -247,7 +248,7 @@ class MetaLearner:
                 first.append(result.losses[0].detach())
                 last.append(result.losses[-1].detach())
             if online_observer is not None:
-                warp_losses += online_observer.losses
+                online_losses += online_observer.losses
             if init is not None:
                 run = TaskRun(model, self.loss_fn, self.optimizer, task, theta0, result,
                               self.generator, scale, self._init_meta_parameters)
@@ -257,6 +258,7 @@ class MetaLearner:
 
         if online:
             self.warp_optimizer.step()
+            warp_losses = torch.stack(online_losses).tolist() if online_losses else []
         elif buffer is not None:
             warp_losses = warp.offline_update(model, self.loss_fn, self.optimizer, buffer, tasks,
                                               self.warp_optimizer, self.generator)

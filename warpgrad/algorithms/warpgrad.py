@@ -346,7 +346,7 @@ class _OnlineAccumulator:
         self.objective, self.model, self.loss_fn = objective, model, loss_fn
         self.steps = steps
         self.optimizer, self.task, self.generator, self.scale = optimizer, task, generator, scale
-        self.losses: list[float] = []
+        self.losses: list[Tensor] = []  # read by the learner once per meta-step, not here
         self.share = objective.share_step and objective.variant != "no-step"
         self.needs_step_graph = self.share and objective.variant == "exact"
         # the shared step is WarpGrad's step at θ_k: float32 under bf16, as a fresh one is
@@ -373,7 +373,7 @@ class _OnlineAccumulator:
                                              record.theta, record.state, inner, metas)
         if self.inputs:
             torch.autograd.backward(loss * self.scale, inputs=self.inputs)
-        self.losses.append(loss.item())
+        self.losses.append(loss.detach())  # .item() would make the host wait per point
 
 
 def _pairs(task_index: Tensor, step: Tensor) -> list[tuple[int, int]]:
