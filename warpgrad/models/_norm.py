@@ -40,9 +40,12 @@ def second_order() -> Scope:
     return _SECOND_ORDER
 
 
+# how a layer tells it runs under vmap (a private API: without it, nothing is claimed exact)
+_interpreter_stack = getattr(torch._C._functorch, "get_interpreter_stack", None)
+
+
 def _under_vmap() -> bool:
-    stack_of = getattr(torch._C._functorch, "get_interpreter_stack", None)
-    stack = stack_of() if stack_of is not None else None
+    stack = _interpreter_stack() if _interpreter_stack is not None else None
     vmap = torch._C._functorch.TransformType.Vmap
     return bool(stack) and any(level.key() == vmap for level in stack)
 
@@ -93,5 +96,5 @@ class BatchNorm1d(_PrimitiveUnderVmap, nn.BatchNorm1d):
         return super().forward(x)
 
 
-EXACT_UNDER_VMAP = (BatchNorm1d, BatchNorm2d)
+EXACT_UNDER_VMAP = (BatchNorm1d, BatchNorm2d) if _interpreter_stack is not None else ()
 """Batch-norm layers whose second-order gradients are exact under ``torch.func.vmap``."""
