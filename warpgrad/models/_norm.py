@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from warpgrad._scope import Scope
+from warpgrad.models._transforms import CAN_TELL, under_vmap
 
 
 def _is_nhwc(x: Tensor) -> bool:
@@ -40,16 +41,6 @@ def second_order() -> Scope:
     return _SECOND_ORDER
 
 
-# how a layer tells it runs under vmap (a private API: without it, nothing is claimed exact)
-_interpreter_stack = getattr(torch._C._functorch, "get_interpreter_stack", None)
-
-
-def _under_vmap() -> bool:
-    stack = _interpreter_stack() if _interpreter_stack is not None else None
-    vmap = torch._C._functorch.TransformType.Vmap
-    return bool(stack) and any(level.key() == vmap for level in stack)
-
-
 class _PrimitiveUnderVmap:
     """Batch norm with batch statistics from primitive operators while vmapped within
     :func:`second_order`."""
@@ -60,7 +51,7 @@ class _PrimitiveUnderVmap:
     running_mean: Tensor | None
 
     def _primitive(self) -> bool:
-        return self.running_mean is None and bool(_SECOND_ORDER) and _under_vmap()
+        return self.running_mean is None and bool(_SECOND_ORDER) and under_vmap()
 
     def _batch_norm_from_primitives(self, x: Tensor) -> Tensor:
         dims = (0, *range(2, x.dim()))
@@ -96,5 +87,6 @@ class BatchNorm1d(_PrimitiveUnderVmap, nn.BatchNorm1d):
         return super().forward(x)
 
 
-EXACT_UNDER_VMAP = (BatchNorm1d, BatchNorm2d) if _interpreter_stack is not None else ()
+# how a layer tells it runs under vmap is a private API: without it, nothing is claimed exact
+EXACT_UNDER_VMAP = (BatchNorm1d, BatchNorm2d) if CAN_TELL else ()
 """Batch-norm layers whose second-order gradients are exact under ``torch.func.vmap``."""

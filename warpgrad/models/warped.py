@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from warpgrad.models._transforms import in_any_transform
+
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
@@ -208,7 +210,7 @@ class WarpedModel(nn.Module):
         run = self._run
         # under torch.func transforms (vmap, grad) dynamo gives up on the frame for good, so
         # those calls stay eager
-        if self.compile_forward and not _in_functorch_transform():
+        if self.compile_forward and not in_any_transform():
             if self._compiled is None:
                 self._compiled = torch.compile(self._run)
             run = self._compiled
@@ -267,11 +269,6 @@ class WarpedModel(nn.Module):
         rows.append(f"task parameters: {self.task_spec.numel:,}  warp parameters: "
                     f"{self.warp_spec.numel:,}")
         return "\n".join(rows)
-
-
-def _in_functorch_transform() -> bool:
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
 
 
 def _to_float32(value: object) -> object:
