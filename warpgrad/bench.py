@@ -444,18 +444,16 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
     channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy;
     otherwise each block's convolution and pooling channels-last on a CPU, as the library's).
     ``full_precision``: float32 even under bf16, as the library's WarpGrad step runs."""
-    from warpgrad.models._conv_block import _to_nchw
+    from warpgrad.models._conv_block import _to_nchw, channels_last_applies
     from warpgrad.models.warped import to_channels_last
 
     nhwc = _SWITCHES["channels_last"]
-    # the library's blocks convolve and pool channels-last on the CPU (models._conv_block)
-    blocks_nhwc = not nhwc and x.device.type == "cpu" and not torch.compiler.is_compiling()
     h = to_channels_last(x) if nhwc else x
     with torch.autocast(x.device.type, dtype=torch.bfloat16,
                         enabled=_SWITCHES["precision"] == "bf16" and not full_precision):
         for i in range(4):
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
-            if blocks_nhwc:
+            if channels_last_applies(h):  # as the library's blocks (models._conv_block)
                 h = _to_nchw(F.max_pool2d(F.conv2d(to_channels_last(h), w, b, padding=1), 2))
             else:
                 h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)

@@ -52,11 +52,16 @@ class ConvBlock(nn.Sequential):
         return x
 
     def _channels_last(self, x: Tensor) -> bool:
-        return (CHANNELS_LAST and len(self) > 1 and isinstance(self[0], nn.Conv2d)
+        return (len(self) > 1 and isinstance(self[0], nn.Conv2d)
                 and isinstance(self[1], nn.MaxPool2d) and not self[1].return_indices
-                and x.device.type == "cpu" and x.dim() == 4
-                and x.stride(1) != 1  # not NHWC already (a channels-last model)
-                and not torch.compiler.is_compiling() and outside_all_but_grad())
+                and channels_last_applies(x))
+
+
+def channels_last_applies(x: Tensor) -> bool:
+    """Whether a conv → pool on ``x`` runs channels-last, as the module docstring says."""
+    return (CHANNELS_LAST and x.device.type == "cpu" and x.dim() == 4
+            and x.stride(1) != 1  # not NHWC already (a channels-last model)
+            and not torch.compiler.is_compiling() and outside_all_but_grad())
 
 
 def _to_nchw(y: Tensor) -> Tensor:
