@@ -2,6 +2,7 @@
 autograd first-order step exactly, bf16 to its documented tolerance; the allocator tuning is
 opt-out."""
 
+import contextlib
 import copy
 import os
 import platform
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from warpgrad import MetaLearner, WarpedModel, conv4, make_learner, tune_allocator
 from warpgrad.algorithms import Leap, WarpGrad
 from warpgrad.engine import InnerSGD
+from warpgrad.models import _conv_block
 from warpgrad.models.warped import to_channels_last
 from warpgrad.tasks import Task
 
@@ -25,6 +27,18 @@ def _image_task(seed: int, n_way: int = 3, channels: int = 1, size: int = 28,
     x = torch.rand(n_way * 6, channels, size, size, generator=g, dtype=dtype)
     y = torch.arange(n_way).repeat_interleave(6)
     return Task(x[::2], y[::2], x[1::2], y[1::2], batch_size=batch_size)
+
+
+@contextlib.contextmanager
+def _nchw():
+    """Inside: every layer NCHW (Conv4's blocks otherwise run channels-last on a CPU, see
+    tests/test_conv_block.py), the plain side of these comparisons."""
+    saved = _conv_block.CHANNELS_LAST
+    _conv_block.CHANNELS_LAST = False
+    try:
+        yield
+    finally:
+        _conv_block.CHANNELS_LAST = saved
 
 
 def _pair(**kwargs) -> tuple[WarpedModel, WarpedModel]:
@@ -60,12 +74,14 @@ def test_channels_last_forward_and_gradients_match_nchw(channels, size, warp_opt
         grads = torch.autograd.grad(loss, [theta, *model.warp_parameters().values()])
         return [logits, torch.cat([g.flatten() for g in grads])]
 
+    with _nchw():
+        plain64, plain32 = outputs(plain, torch.float64), outputs(plain, torch.float32)
     # float64: the same computation to rounding
-    for a, b in zip(outputs(plain, torch.float64), outputs(fast, torch.float64)):
+    for a, b in zip(plain64, outputs(fast, torch.float64)):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     # float32: close in norm (entries whose true value is ~0, such as the gradient of a conv
     # bias that batch norm cancels, are rounding noise either way)
-    for a, b in zip(outputs(plain, torch.float32), outputs(fast, torch.float32)):
+    for a, b in zip(plain32, outputs(fast, torch.float32)):
         assert (b - a).norm() <= 1e-5 * a.norm()
 
 
@@ -80,10 +96,11 @@ def test_channels_last_meta_step_matches_nchw(variant):
     start = torch.cat([p.detach().flatten() for p in plain.parameters()])
     tasks = [_image_task(seed, dtype=torch.float64) for seed in range(2)]
     results = []
-    for model in (plain, fast):
+    for model, layout in ((plain, _nchw()), (fast, contextlib.nullcontext())):
         learner = MetaLearner(model, F.cross_entropy, steps=3, warp=WarpGrad(variant),
                               init=Leap(), inner_lr=0.1, seed=0)
-        learner.meta_step(tasks)
+        with layout:
+            learner.meta_step(tasks)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert (results[0] - start).abs().max() > 1e-3  # the step did something
     torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-8)
@@ -111,13 +128,16 @@ def test_channels_last_meta_gradient_is_as_accurate_as_nchw(variant):
     plain = conv4(3, filters=16, warp_batch_norm=True, channels_last=False)
     fast = copy.deepcopy(plain)
     fast.channels_last = True
-    reference = _meta_gradient(copy.deepcopy(plain).double(), variant, x.double(), y,
-                               xm.double(), ym)
+    with _nchw():
+        reference = _meta_gradient(copy.deepcopy(plain).double(), variant, x.double(), y,
+                                   xm.double(), ym)
+        nchw = _meta_gradient(plain, variant, x, y, xm, ym)
     fast64 = copy.deepcopy(fast).double()
     same = _meta_gradient(fast64, variant, x.double(), y, xm.double(), ym)
     torch.testing.assert_close(same, reference, rtol=1e-9, atol=1e-12)
-    errors = {name: ((_meta_gradient(m, variant, x, y, xm, ym) - reference).norm()
-                     / reference.norm()).item() for name, m in (("nchw", plain), ("cl", fast))}
+    errors = {name: ((gradient - reference).norm() / reference.norm()).item()
+              for name, gradient in (("nchw", nchw),
+                                     ("cl", _meta_gradient(fast, variant, x, y, xm, ym)))}
     assert errors["cl"] < max(10 * errors["nchw"], 1e-5), errors
 
 

@@ -11,6 +11,7 @@ from tests.helpers import finite_difference, regression_task, tiny_warped_mlp
 from warpgrad import InnerSGD, WarpedModel, WarpGrad, adapt, conv4
 from warpgrad.engine import ReplayBuffer
 from warpgrad.engine.buffer import Points
+from warpgrad.models import _conv_block
 from warpgrad.tasks import Task
 
 
@@ -160,7 +161,9 @@ def test_batched_points_match_on_conv4_with_batch_norm(variant, dtype, monkeypat
     vmap = torch.func.vmap
     monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: calls.append(1) or vmap(*a, **k))
     torch.manual_seed(0)
-    # the same memory layout on both sides (vmap runs NCHW); channels-last has its own tests
+    # the same memory layout on both sides (vmap runs NCHW, so the loop's Conv4 blocks do
+    # too); channels-last has its own tests
+    monkeypatch.setattr(_conv_block, "CHANNELS_LAST", False)
     model = conv4(5, image_size=28, filters=8, warp="conv3x3", warp_batch_norm=True,
                   warp_activation="relu", channels_last=False).to(dtype)
     gen = torch.Generator().manual_seed(0)

@@ -440,28 +440,24 @@ def _bare_params(filters: int, warped: bool) -> tuple[list[Tensor], list[Tensor]
 
 def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
                   full_precision: bool = False) -> Tensor:
-    """Conv4 on plain tensors, with the case's layout and precision switches (and, in
-    channels-last, batch norm on NCHW as :mod:`warpgrad.models._norm` does for accuracy;
-    otherwise each block's convolution and pooling channels-last on a CPU, as the library's).
-    ``full_precision``: float32 even under bf16, as the library's WarpGrad step runs."""
-    from warpgrad.models._conv_block import _to_nchw, channels_last_applies
+    """Conv4 on plain tensors, with the case's layout and precision switches (and, as the
+    library's blocks do on a CPU, channels-last throughout, with batch norm's statistics
+    summed as :mod:`warpgrad.models._norm` does for accuracy). ``full_precision``: float32
+    even under bf16, as the library's WarpGrad step runs."""
+    from warpgrad.models._conv_block import channels_last_applies
+    from warpgrad.models._norm import channels_last_batch_norm, is_nhwc
     from warpgrad.models.warped import to_channels_last
 
-    nhwc = _SWITCHES["channels_last"]
-    h = to_channels_last(x) if nhwc else x
+    h = x
     with torch.autocast(x.device.type, dtype=torch.bfloat16,
                         enabled=_SWITCHES["precision"] == "bf16" and not full_precision):
         for i in range(4):
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
-            if channels_last_applies(h):  # as the library's blocks (models._conv_block)
-                h = _to_nchw(F.max_pool2d(F.conv2d(to_channels_last(h), w, b, padding=1), 2))
-            else:
-                h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
-            if nhwc:
-                h = F.batch_norm(h.contiguous(), None, None, gamma, beta, training=True
-                                 ).contiguous(memory_format=torch.channels_last)
-            else:
-                h = F.batch_norm(h, None, None, gamma, beta, training=True)
+            if _SWITCHES["channels_last"] or channels_last_applies(h):
+                h = to_channels_last(h)
+            h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
+            h = (channels_last_batch_norm(h, gamma, beta, 1e-5) if is_nhwc(h) else
+                 F.batch_norm(h, None, None, gamma, beta, training=True))
             h = F.relu(h)
             if warps:
                 h = F.conv2d(h, warps[2 * i], warps[2 * i + 1], padding=1)

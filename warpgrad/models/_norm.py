@@ -3,12 +3,14 @@
 Two fixes, each a drop-in subclass (same parameters, buffers and state-dict keys):
 
 - Channels-last on the CPU. PyTorch's CPU batch-norm kernel for channels-last (NHWC) input
-  gathers its statistics in a way that loses precision when a channel's mean is large
-  against its spread, which conv outputs of mostly-blank images are: on the Conv4/glyph
-  protocol it put a 27% relative error into the WarpGrad meta-gradient, against 1e-6 for
-  NCHW (BENCHMARKS.md). :class:`BatchNorm2d` normalises such input in the NCHW layout and
-  hands it back channels-last, so the channels-last switch buys its speed from the
-  convolutions and pooling only, never from accuracy.
+  sums its batch statistics in the input's precision, row after row, where the NCHW kernel
+  sums each image's map and adds the images up in float64. In float32 that is ~1e-5 against
+  ~1e-7 relative error in the normalised output, and on mostly-blank images (glyphs) it
+  put a 22-27% relative error into the WarpGrad meta-gradient, against 1e-6 for NCHW
+  (BENCHMARKS.md, tests). With batch statistics, :class:`BatchNorm2d` computes them for
+  NHWC input the NCHW kernel's way (:func:`channels_last_batch_norm`) and leaves the
+  normalisation and the backward pass to PyTorch's NHWC kernels; layers that update running
+  statistics normalise in NCHW between two layout copies.
 - Second order under ``torch.func.vmap``. The batching rule of the fused kernel's backward
   is wrong for second-order gradients (pytorch/functorch#534): the exact WarpGrad
   meta-gradient of several points in one vmap came out 2.3e-3 off the one-point-at-a-time
@@ -27,7 +29,8 @@ from warpgrad._scope import Scope
 from warpgrad.models._transforms import CAN_TELL, under_vmap
 
 
-def _is_nhwc(x: Tensor) -> bool:
+def is_nhwc(x: Tensor) -> bool:
+    """A 4-D CPU tensor laid out channels-last only (1x1 maps and one channel are both)."""
     return (x.dim() == 4 and x.device.type == "cpu" and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last))
 
@@ -64,15 +67,58 @@ class _PrimitiveUnderVmap:
         return y
 
 
+def channels_last_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                             eps: float) -> Tensor:
+    """Batch norm with batch statistics of an NHWC CPU tensor ``x [N, C, H, W]``, as accurate as
+    PyTorch's NCHW kernel (see the module docstring); NHWC out. Differentiable to any order."""
+    return _ChannelsLastBatchNorm.apply(x, weight, bias, eps)[0]
+
+
+class _ChannelsLastBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        n, c = x.shape[:2]
+        rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)  # [N, H*W, C]: a view of NHWC memory
+        count = rows.shape[0] * rows.shape[1]
+        per_image = torch.promote_types(x.dtype, torch.float32)
+        mean = rows.sum(1, dtype=per_image).sum(0, dtype=torch.float64) / count
+        var = (rows - mean.to(per_image)).square_().sum(1).sum(0, dtype=torch.float64) / count
+        stats = weight.dtype if weight is not None else per_image
+        mean, var = mean.to(stats), var.to(stats)
+        # eval mode: the affine map with these statistics, by the NHWC kernel
+        y = torch.ops.aten.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
+        return y, mean, (var + eps).rsqrt()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, ctx.eps = inputs
+        _, mean, invstd = output
+        ctx.mark_non_differentiable(mean, invstd)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _mean: Tensor, _invstd: Tensor):
+        x, weight, mean, invstd = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        # the training-mode backward (the statistics depend on x); itself differentiable
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad, x, weight, None, None, mean, invstd, True, ctx.eps,
+            [needs_x, weight is not None and needs_weight, ctx.has_bias and needs_bias])
+        return gx, gw, gb, None
+
+
 class BatchNorm2d(_PrimitiveUnderVmap, nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that normalises channels-last CPU input in the NCHW layout (and
-    returns it channels-last), and uses primitive operators for second order under
-    ``torch.func.vmap``."""
+    """``nn.BatchNorm2d`` that keeps channels-last CPU input accurate (see the module
+    docstring) and uses primitive operators for second order under ``torch.func.vmap``."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self._primitive():
             return self._batch_norm_from_primitives(x)
-        if _is_nhwc(x):
+        if is_nhwc(x) and (self.training or self.running_mean is None):  # batch statistics
+            if self.running_mean is None and not torch.compiler.is_compiling():
+                return channels_last_batch_norm(x, self.weight, self.bias, self.eps)
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
