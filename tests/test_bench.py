@@ -99,7 +99,9 @@ def test_switch_ladder_is_measured_rung_by_rung(small):
         judged = [t for t in results["targets"]
                   if t["target"].startswith(f"warp-leap-{variant} meta-iteration seconds, ")]
         assert len(judged) == 1 and judged[0]["value"] == fastest["seconds"]
-    assert [s.get("compile", False) for _, s in bench.SWITCH_LADDER][:3] == [False, False, True]
+    assert [(s.get("precision", "fp32"), s.get("compile", False))
+            for _, s in bench.SWITCH_LADDER][:4] == [("fp32", False), ("fp32", False),
+                                                     ("bf16", False), ("bf16", True)]
 
 
 def test_online_figure_compares_fresh_and_shared_steps(small):

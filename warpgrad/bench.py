@@ -693,13 +693,15 @@ def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
 SWITCH_LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
     ("default malloc", {"channels_last": False, "tune_malloc": False}),
     ("+ tuned malloc (default)", {"channels_last": False, "tune_malloc": True}),
-    ("+ compile", {"channels_last": False, "tune_malloc": True, "compile": True}),
-    ("+ bf16", {"channels_last": False, "tune_malloc": True, "compile": True,
-                "precision": "bf16"}),
+    ("+ bf16", {"channels_last": False, "tune_malloc": True, "precision": "bf16"}),
+    ("+ compile", {"channels_last": False, "tune_malloc": True, "compile": True,
+                   "precision": "bf16"}),
     ("+ channels-last", {"channels_last": True, "tune_malloc": True, "compile": True,
                          "precision": "bf16"}),
 )
-"""Figure 6: the speed switches, added one at a time (fp32 unless stated)."""
+"""Figure 6: the speed switches, added one at a time (fp32 unless stated). bf16 comes before
+compile: on a CPU the compiled forward gives up Conv4's channels-last blocks and is slower
+than the eager one since 2026-11-27 (BENCHMARKS.md)."""
 
 
 def _one_task(scale: Scale, method: str, log: Callable[[str], None]) -> dict[str, float]:

@@ -88,8 +88,9 @@ class WarpedModel(nn.Module):
             ``module.named_modules()``). An empty list gives a plain learner (MAML, Leap...).
         channels_last: feed 4-D inputs ``[N, C, H, W]`` in the channels-last memory layout,
             so convolutions and pooling run on NHWC data (the same computation, up to float
-            rounding). On CPU it speeds some passes and slows others (BENCHMARKS.md, figure
-            6), so it is off by default.
+            rounding; the library's batch norm keeps NCHW's accuracy). Off by default: on a
+            CPU, Conv4's blocks run channels-last anyway (``warpgrad.models._conv_block``),
+            so this matters for other convolutional learners and on GPUs.
         precision: ``"fp32"``, or ``"bf16"`` to run the forward pass (and so its backward)
             under ``torch.autocast`` in bfloat16. Parameters, θ, the optimiser and the outputs
             stay float32. Faster where the hardware has bf16 units, but gradients are only
