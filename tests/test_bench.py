@@ -143,6 +143,27 @@ def test_maml_memory_grows_with_k(small):
     # activations are kept per step: roughly linear in K
     assert saved[-1] > 0.5 * saved[0] * int(ks[-1]) / int(ks[0])
     assert cases["maml"][ks[-1]]["peak_growth_mb"] > cases["maml"][ks[0]]["peak_growth_mb"]
+    # what tensors hold at the peak grows too; a WarpGrad online step does not keep anything
+    live = {m: [cases[m][k]["live_peak_mb"] for k in ks] for m in ("maml", "warpgrad-online")}
+    assert live["maml"][-1] > 2 * live["maml"][0] > 0
+    assert 0 < live["warpgrad-online"][-1] < 1.5 * live["warpgrad-online"][0]
+    targets = {t["target"]: t for t in results["targets"]}
+    judged = targets[f"WarpGrad online live tensors' peak growth K={ks[-1]} / K={ks[0]}"]
+    assert judged["value"] == pytest.approx(live["warpgrad-online"][-1]
+                                            / live["warpgrad-online"][0])
+    assert f"| live tensors' peak growth vs K | maml K={ks[-1]} |" in bench.markdown(results)
+
+
+def test_live_tensor_peak_counts_what_tensors_hold_at_the_peak():
+    kept = []
+
+    def allocate() -> None:
+        first = torch.empty(1000, 1000)  # 4 MB
+        second = torch.empty(500, 1000)  # 2 MB, both held: the peak
+        del first, second
+        kept.append(torch.empty(250, 1000))  # 1 MB, still held at the end
+
+    assert bench.live_tensor_peak_bytes(allocate) == 6_000_000
 
 
 def test_json_and_markdown_are_written_and_list_every_case(small):

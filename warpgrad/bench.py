@@ -251,11 +251,33 @@ def case_memory_vs_steps(scale: Scale, method: str, steps: int) -> dict[str, flo
     # resident, which would hide the measured call's own peak (a growth of 0 MB at small K)
     _learner(name, _model(filters, name != "maml"), 1, regime).meta_step(_tasks(scale, 2, 1))
     learner = _learner(name, _model(filters, name != "maml"), steps, regime)
-    saved = _saved_tensor_bytes(learner, tasks[0]) if name == "maml" else None
     result = _measure(lambda: learner.meta_step(tasks))
-    if saved is not None:
-        result["saved_tensor_mb"] = saved / MB
+    # the other measures run after it: their own allocations would hide the call's growth
+    if name == "maml":
+        result["saved_tensor_mb"] = _saved_tensor_bytes(learner, tasks[0]) / MB
+    if not _on_gpu():  # there the device's allocator counts already (peak_device_mb)
+        # the same meta-iteration again, from a fresh model, under the profiler
+        again = _learner(name, _model(filters, name != "maml"), steps, regime)
+        result["live_peak_mb"] = live_tensor_peak_bytes(lambda: again.meta_step(tasks)) / MB
     return result
+
+
+def live_tensor_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak growth of the bytes held by CPU tensors while ``fn()`` runs, from the profiler's
+    record of every allocation and free: what tensors hold, not what the C library keeps
+    resident (peak RSS, which heap fragmentation moves by tens of MB between runs)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 def _saved_tensor_bytes(learner, task) -> int:
@@ -798,6 +820,14 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"WarpGrad online {what} K={hi} / K={lo}", ratio, "<= 1.15", ratio <= 1.15)
         add(f"MAML {what} K={hi} / K={lo}", maml[1] / maml[0] if maml[0] else None,
             "> 1 (grows)", maml[1] > maml[0])
+        if "live_peak_mb" in sweep["warpgrad-online"][lo]:
+            online, maml = ([sweep[m][k]["live_peak_mb"] for k in (lo, hi)]
+                            for m in ("warpgrad-online", "maml"))
+            ratio = online[1] / online[0] if online[0] > 0 else float("inf")
+            add(f"WarpGrad online live tensors' peak growth K={hi} / K={lo}", ratio, "<= 1.15",
+                ratio <= 1.15)
+            add(f"MAML live tensors' peak growth K={hi} / K={lo}",
+                maml[1] / maml[0] if maml[0] else None, "> 1 (grows)", maml[1] > maml[0])
     return targets
 
 
@@ -829,6 +859,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if "saved_tensor_mb" in r:
                 out.append(("autograd saved tensors vs K", f"{method} K={k}",
                             f"{r['saved_tensor_mb']:.1f}", "MB"))
+            if "live_peak_mb" in r:
+                out.append(("live tensors' peak growth vs K", f"{method} K={k}",
+                            f"{r['live_peak_mb']:.1f}", "MB"))
     if "warped_step" in results:
         r = results["warped_step"]
         out.append(("adaptation step", "warped", f"{r['warped_ms']:.2f}", "ms"))
