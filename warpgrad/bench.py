@@ -252,7 +252,8 @@ def case_memory_vs_steps(scale: Scale, method: str, steps: int) -> dict[str, flo
     _learner(name, _model(filters, name != "maml"), 1, regime).meta_step(_tasks(scale, 2, 1))
     learner = _learner(name, _model(filters, name != "maml"), steps, regime)
     result = _measure(lambda: learner.meta_step(tasks))
-    # the other measures run after it: their own allocations would hide the call's growth
+    # the other measures run after it, so that their allocations are not part of the
+    # resident set it starts from
     if name == "maml":
         result["saved_tensor_mb"] = _saved_tensor_bytes(learner, tasks[0]) / MB
     if not _on_gpu():  # there the device's allocator counts already (peak_device_mb)
