@@ -6,6 +6,7 @@ wherever that path does not apply."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -228,6 +229,40 @@ def _conv_like(shape=(16, 6, 9, 9), dtype=torch.float64, seed=4) -> torch.Tensor
     x = x + 0.05 * torch.randn(*shape, generator=g, dtype=torch.float64)
     x[:, :, : shape[2] // 2] = 2.5
     return x.to(dtype)
+
+
+@pytest.mark.parametrize("needs", [n for n in itertools.product([False, True], repeat=4)
+                                   if n[0] or (n[3] and (n[1] or n[2]))])
+def test_batch_norm_second_derivative_for_every_input_that_needs_one(needs):
+    """Its backward's own backward (taken where a gradient is differentiated again) against
+    PyTorch's, for each combination of x, γ, β and the upstream gradient needing a
+    gradient (each combination takes other branches of it)."""
+    g = torch.Generator().manual_seed(7)
+    x0 = _conv_like().contiguous(memory_format=torch.channels_last)
+    w0, b0 = (torch.rand(6, generator=g, dtype=torch.float64) + 0.5 for _ in range(2))
+    up0 = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+
+    def derivatives(norm) -> list[torch.Tensor | None]:
+        x, w, b, up = (t.detach().clone().requires_grad_(need) for t, need in
+                       zip((x0, w0, b0, up0), needs, strict=True))
+        out = norm(x, w, b)
+        wanted = [t for t in (x, w, b, up) if t.requires_grad]
+        first = torch.autograd.grad((out * up).sum(), wanted, create_graph=True,
+                                    allow_unused=True)
+        weights = torch.Generator().manual_seed(8)
+        scalar = sum((torch.randn(d.shape, generator=weights, dtype=d.dtype) * d).sum()
+                     for d in first if d is not None)
+        second = torch.autograd.grad(scalar, wanted, allow_unused=True)
+        return [out, *first, *second]
+
+    ours = derivatives(lambda x, w, b: channels_last_batch_norm(x, w, b, 1e-5))
+    theirs = derivatives(lambda x, w, b: F.batch_norm(x.contiguous(), None, None, w, b, True,
+                                                      0.1, 1e-5))
+    for a, c in zip(ours, theirs, strict=True):
+        if a is None or c is None:  # not reached from the scalar either way: zero
+            assert all(t is None or not t.abs().max() > 0 for t in (a, c))
+            continue
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-11)
 
 
 @pytest.mark.parametrize("affine", [True, False])

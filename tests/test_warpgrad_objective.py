@@ -258,7 +258,8 @@ def test_library_batch_norm_under_vmap_matches_the_fused_kernel_to_second_order(
     time, for 2-d and 1-d batch norm. (PyTorch 2.13's own layers miss by a relative 1.07
     and 204 here: the bug this works around. Outside ``second_order``, first-order vmaps
     such as tasks adapted together keep the fused kernel.)"""
-    from warpgrad.models._norm import BatchNorm1d, BatchNorm2d, second_order
+    from warpgrad.models._norm import BatchNorm1d, BatchNorm2d
+    from warpgrad.models._second_order import second_order
 
     with second_order():  # what the exact objective opens around its vmap
         assert _batch_norm_second_order_gap(BatchNorm2d(3, track_running_stats=False),

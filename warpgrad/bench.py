@@ -39,6 +39,7 @@ import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -464,9 +465,11 @@ def _bare_params(filters: int, warped: bool) -> tuple[list[Tensor], list[Tensor]
 def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
                   full_precision: bool = False) -> Tensor:
     """Conv4 on plain tensors, with the case's layout and precision switches (and, as the
-    library's blocks do on a CPU, channels-last throughout, with batch norm's statistics
-    summed as :mod:`warpgrad.models._norm` does for accuracy). ``full_precision``: float32
-    even under bf16, as the library's WarpGrad step runs."""
+    library's layers do on a CPU, channels-last throughout, with batch norm's statistics
+    summed as :mod:`warpgrad.models._norm` does for accuracy, and convolutions whose second
+    derivative computes only the terms needed, :mod:`warpgrad.models._conv`).
+    ``full_precision``: float32 even under bf16, as the library's WarpGrad step runs."""
+    from warpgrad.models._conv import conv2d
     from warpgrad.models._conv_block import channels_last_applies
     from warpgrad.models._norm import channels_last_batch_norm, is_nhwc
     from warpgrad.models.warped import to_channels_last
@@ -478,12 +481,12 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
             if _SWITCHES["channels_last"] or channels_last_applies(h):
                 h = to_channels_last(h)
-            h = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
+            h = F.max_pool2d(conv2d(h, w, b, padding=(1, 1)), 2)
             h = (channels_last_batch_norm(h, gamma, beta, 1e-5) if is_nhwc(h) else
                  F.batch_norm(h, None, None, gamma, beta, training=True))
             h = F.relu(h)
             if warps:
-                h = F.conv2d(h, warps[2 * i], warps[2 * i + 1], padding=1)
+                h = conv2d(h, warps[2 * i], warps[2 * i + 1], padding=(1, 1))
         out = F.linear(h.flatten(1), theta[16], theta[17])
     return out.float()
 
@@ -495,6 +498,8 @@ def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
     ``tasks * (steps + 1)`` buffer points the inner forward+backward (``create_graph`` for
     ``exact``), the step, the outer forward+backward into φ and φ's SGD update. Every pass
     uses the one ``batch`` (default: uniform noise of ``batch_size`` 28x28 images)."""
+    from warpgrad.models._second_order import second_order
+
     theta0, warps = _bare_params(filters, True)
     # compiled like the library's model: every pass but the exact inner one, whose gradient
     # is differentiated again (compiled graphs cannot be)
@@ -519,9 +524,10 @@ def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
     exact = variant == "exact"
     for point in points:
         theta = [t.detach().requires_grad_() for t in point]
-        inner = F.cross_entropy((_bare_forward if exact else forward)(
-            theta, phi if exact else warps, x, True), y)
-        grads = torch.autograd.grad(inner, theta, create_graph=exact)
+        with second_order() if exact else nullcontext():
+            inner = F.cross_entropy((_bare_forward if exact else forward)(
+                theta, phi if exact else warps, x, True), y)
+            grads = torch.autograd.grad(inner, theta, create_graph=exact)
         stepped = [t - INNER_LR * d for t, d in zip(theta, grads)]
         outer = F.cross_entropy(forward(stepped, phi, x), y)
         phi_grads = torch.autograd.grad(outer, phi)

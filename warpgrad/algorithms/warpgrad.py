@@ -44,7 +44,8 @@ from warpgrad.engine.adapt import LossFn, StepRecord
 from warpgrad.engine.buffer import Points, ReplayBuffer
 from warpgrad.engine.graphs import GraphCache, graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
-from warpgrad.models._norm import EXACT_UNDER_VMAP, second_order
+from warpgrad.models._norm import EXACT_UNDER_VMAP
+from warpgrad.models._second_order import second_order
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Batch, Task, draw_batches
 
@@ -189,7 +190,8 @@ class WarpGrad:
                         (grad,) = torch.autograd.grad(task_loss(leaf), leaf)
                     theta = theta.detach()
                 else:
-                    grad = torch.func.grad(task_loss)(theta)
+                    with second_order() if self.variant == "exact" else nullcontext():
+                        grad = torch.func.grad(task_loss)(theta)
             stepped, _ = optimizer.step(theta, grad, None if state is None else state.detach())
         losses = [loss_fn(model(xm, stepped), ym) for xm, ym in meta_batches]
         return torch.stack(losses).mean()

@@ -9,8 +9,9 @@ MAML asks for the loop to keep its autograd graph.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor
 from warpgrad._autograd import detached
 from warpgrad.engine.graphs import graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
+from warpgrad.models._second_order import second_order
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Batch, Task, draw_batches
 
@@ -114,8 +116,9 @@ def adapt(
     state = optimizer.init_state(theta)
     buffers = model.task_buffers()
     step_graph = any(getattr(o, "needs_step_graph", False) for o in observers)
-    # a gradient that is differentiated again cannot come from a compiled graph
-    mode = model.eager if create_graph or step_graph else nullcontext
+    # a gradient that is differentiated again cannot come from a compiled graph, and its
+    # layers compute for a second derivative
+    mode = partial(_second_order_eager, model) if create_graph or step_graph else nullcontext
     precise = _precision(model, observers)
     # a graph replays fixed kernels: not for steps whose graph is kept, nor for batch-norm
     # statistics updated in place
@@ -286,3 +289,10 @@ def _precision(model: WarpedModel, observers: Sequence[Observer]) -> Callable:
         return model.full_precision
     return nullcontext
 
+
+@contextmanager
+def _second_order_eager(model: WarpedModel) -> Iterator[None]:
+    """Passes whose gradient is differentiated again: eager, with the layers' second-order
+    paths."""
+    with model.eager(), second_order():
+        yield

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from warpgrad.models._conv import Conv2d
 from warpgrad.models._conv_block import ConvBlock
 from warpgrad.models._norm import BatchNorm2d
 from warpgrad.models.warp_layers import WarpKind, warp_stack
@@ -70,7 +71,7 @@ def conv4(
     size, channels = image_size, in_channels
     for i in range(1, 5):
         layers[f"block{i}"] = ConvBlock(
-            nn.Conv2d(channels, filters, 3, padding=1),
+            Conv2d(channels, filters, 3, padding=1),
             nn.MaxPool2d(2),
             BatchNorm2d(filters, track_running_stats=batch_norm == "running"),
             nn.ReLU(),

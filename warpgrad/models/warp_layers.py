@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from warpgrad.models._conv import Conv2d
 from warpgrad.models._norm import BatchNorm1d, BatchNorm2d
 
 WarpKind = Literal["scale", "linear", "conv3x3"]
@@ -65,12 +66,12 @@ class WarpLayer(nn.Module):
         if kind == "scale":
             self.map: nn.Module = Scale(channels)
         elif kind == "linear":
-            self.map = (nn.Conv2d(channels, channels, 1) if spatial
+            self.map = (Conv2d(channels, channels, 1) if spatial
                         else nn.Linear(channels, channels))
         elif kind == "conv3x3":
             if not spatial:
                 raise ValueError("a conv3x3 warp needs feature maps; use kind='linear' on vectors")
-            self.map = nn.Conv2d(channels, channels, 3, padding=1)
+            self.map = Conv2d(channels, channels, 3, padding=1)
         else:
             raise ValueError(f"unknown warp kind {kind!r}; expected 'scale', 'linear' or 'conv3x3'")
         if init not in ("identity", "default"):

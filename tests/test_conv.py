@@ -1,0 +1,265 @@
+"""The library's convolution (warpgrad.models._conv): F.conv2d's values and derivatives to
+second order for every combination of inputs that need a gradient, while its second
+derivative skips the terms nobody asked for (the data's gradient, a constant θ's), and the
+plain F.conv2d wherever its path does not apply."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from warpgrad import conv4
+from warpgrad.algorithms import WarpGrad
+from warpgrad.engine.adapt import adapt
+from warpgrad.engine.inner_sgd import InnerSGD
+from warpgrad.models import _conv
+from warpgrad.models._conv import Conv2d, conv2d
+from warpgrad.models._second_order import second_order
+from warpgrad.tasks import Task
+
+
+@pytest.fixture
+def in_second_order():
+    """The convolution's own backward applies to passes whose gradient is differentiated
+    again, which open this scope."""
+    with second_order():
+        yield
+
+CONFIGS = [  # stride, padding, dilation, groups, bias
+    ((1, 1), (1, 1), (1, 1), 1, True),
+    ((2, 2), (1, 0), (1, 1), 1, False),
+    ((1, 2), (2, 2), (2, 1), 2, True),
+]
+
+
+def _tensors(config, channels_last: bool, seed: int = 0):
+    _, _, _, groups, bias = config
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, 7, 8, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 4 // groups, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64) if bias else None
+    return x, w, b
+
+
+def _ours(config):
+    stride, padding, dilation, groups, _ = config
+    return lambda x, w, b=None: conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+def _theirs(config):
+    stride, padding, dilation, groups, _ = config
+    return lambda x, w, b=None: F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+@pytest.mark.usefixtures("in_second_order")
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_and_gradgradcheck(config, channels_last):
+    inputs = [t.requires_grad_() for t in _tensors(config, channels_last) if t is not None]
+    assert torch.autograd.gradcheck(_ours(config), inputs)
+    assert torch.autograd.gradgradcheck(_ours(config), inputs)
+
+
+def _derivatives(conv, inputs, needs, seed=3):
+    """The output, the gradient of ⟨upstream, out⟩ in the inputs that need one and in
+    ``upstream``, and the gradient of ⟨v, those gradients⟩ + ⟨upstream, out⟩² in the same
+    (a second derivative through every input of the convolution's backward)."""
+    leaves = [None if t is None else t.detach().requires_grad_(need)
+              for t, need in zip(inputs, needs, strict=True)]
+    upstream = torch.randn(conv(*inputs).shape, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64).requires_grad_()
+    out = conv(*leaves)
+    wanted = [t for t in leaves if t is not None and t.requires_grad] + [upstream]
+    first = torch.autograd.grad((out * upstream).sum(), wanted, create_graph=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    meta = sum((torch.randn(d.shape, generator=g, dtype=d.dtype) * d).sum() for d in first)
+    meta = meta + (out * upstream).sum() ** 2
+    second = torch.autograd.grad(meta, wanted, allow_unused=True)
+    return [out, *first, *second]
+
+
+@pytest.mark.usefixtures("in_second_order")
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("needs", [n for n in itertools.product([False, True], repeat=3)
+                                   if any(n)])
+def test_first_and_second_derivatives_match_f_conv2d(config, needs):
+    inputs = _tensors(config, channels_last=True)
+    needs = tuple(need and t is not None for t, need in zip(inputs, needs, strict=True))
+    if not any(needs):
+        pytest.skip("no input that exists needs a gradient")
+    ours = _derivatives(_ours(config), inputs, needs)
+    theirs = _derivatives(_theirs(config), inputs, needs)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        if b is None:
+            assert a is None or not a.abs().max() > 0
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+class _ConvOutputs(TorchDispatchMode):
+    """Shapes of what every convolution kernel returns while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.convolution.default,
+                    torch.ops.aten.convolution_backward.default):
+            outs = out if isinstance(out, tuple) else (out,)
+            self.shapes += [tuple(t.shape) for t in outs if t is not None]
+        return out
+
+
+def _second_derivative_convolutions(enabled: bool):
+    """The φ-gradient of ⟨v, ∇_θ L(θ, φ)⟩ at a constant θ on x → conv θ1 → conv φ → conv θ2
+    (the part of WarpGrad's exact meta-gradient that differentiates the inner gradient):
+    every shape its convolutions return, and the gradient."""
+    _conv.ENABLED = enabled
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64)
+    theta = torch.randn(3 * 2 * 9 + 5 * 3 * 9, generator=g, dtype=torch.float64)
+    v = torch.randn(theta.shape, generator=g, dtype=torch.float64)
+    phi = torch.randn(3, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def loss(th):
+        w1, w2 = th[:54].view(3, 2, 3, 3), th[54:].view(5, 3, 3, 3)
+        h = conv2d(x, w1, None, (1, 1), (1, 1))
+        h = conv2d(h, phi, None, (1, 1), (1, 1))
+        return conv2d(h, w2, None, (1, 1), (1, 1)).square().mean()
+
+    meta = (torch.func.grad(loss)(theta) * v).sum()
+    with _ConvOutputs() as seen:
+        (grad,) = torch.autograd.grad(meta, phi)
+    return seen.shapes, grad
+
+
+@pytest.mark.usefixtures("in_second_order")
+def test_second_derivative_skips_the_datas_and_constant_thetas_gradients():
+    saved = _conv.ENABLED
+    try:
+        plain_shapes, plain = _second_derivative_convolutions(False)
+        shapes, grad = _second_derivative_convolutions(True)
+    finally:
+        _conv.ENABLED = saved
+    unneeded = {(4, 2, 8, 8), (3, 2, 3, 3), (5, 3, 3, 3)}  # x's and θ's shapes
+    assert unneeded & set(plain_shapes)  # PyTorch's double backward computes them
+    assert not unneeded & set(shapes)
+    assert len(shapes) < len(plain_shapes)
+    torch.testing.assert_close(grad, plain, rtol=1e-12, atol=1e-14)
+
+
+def _spy(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    apply = _conv._Conv2d.apply
+    monkeypatch.setattr(_conv._Conv2d, "apply",
+                        staticmethod(lambda *args: calls.append(1) or apply(*args)))
+    return calls
+
+
+@pytest.mark.parametrize("variant", ["exact", "first-order"])
+def test_warpgrad_meta_gradient_on_conv4_matches_the_plain_convolution(monkeypatch, variant):
+    """Through the objective's own path: the exact step opens the scope (its inner gradient
+    runs under ``torch.func.grad``), the first-order one does not."""
+    calls = _spy(monkeypatch)
+    torch.manual_seed(0)
+    model = conv4(5, filters=8).double()
+    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(10, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(10) % 5
+    theta = model.init_theta().detach() + 0.01 * torch.randn(
+        model.task_spec.numel, generator=g, dtype=torch.float64)
+    objective = WarpGrad(variant)
+    grads = []
+    for enabled in (False, True):
+        monkeypatch.setattr(_conv, "ENABLED", enabled)
+        loss = objective.point_loss(model, F.cross_entropy, opt, theta, None, (x, y), [(x, y)])
+        grads.append(torch.autograd.grad(loss, list(model.warp_parameters().values())))
+        assert bool(calls) == (enabled and variant == "exact")
+    for ours, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_maml_meta_gradient_matches_the_plain_convolution(monkeypatch):
+    """MAML's differentiable adaptation opens the scope; its meta-gradient is unchanged."""
+    calls = _spy(monkeypatch)
+    torch.manual_seed(0)
+    model = conv4(5, filters=8, warp=None).double()
+    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
+    task = Task(*_glyph_like(12), *_glyph_like(12, seed=2))
+    grads = []
+    for enabled in (False, True):
+        monkeypatch.setattr(_conv, "ENABLED", enabled)
+        theta0 = model.init_theta().detach().requires_grad_()
+        result = adapt(model, theta0, task, F.cross_entropy, opt, 2, create_graph=True,
+                       generator=torch.Generator().manual_seed(0))
+        x, y = task.test_batch()
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x, result.theta), y), theta0)
+        grads.append(grad)
+        assert len(calls) == (2 * 4 if enabled else 0)  # 2 steps x 4 convolutions each
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
+def _glyph_like(n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(n) % 5
+
+
+@pytest.mark.usefixtures("in_second_order")
+def test_bf16_autocast_convolves_in_bf16_and_reaches_float32_weights():
+    layer = Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    results = []
+    for enabled in (False, True):
+        _conv.ENABLED = enabled
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = layer(x)
+        finally:
+            _conv.ENABLED = True
+        assert out.dtype == torch.bfloat16
+        grads = torch.autograd.grad(out.float().square().sum(), list(layer.parameters()))
+        assert all(g.dtype == torch.float32 for g in grads)
+        results.append([out.float(), *grads])
+    for ours, theirs in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_plain_f_conv2d_outside_the_scope_without_grad_under_vmap_and_other_padding(
+        monkeypatch):
+    calls = _spy(monkeypatch)
+    layer = Conv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    layer(x).sum().backward()  # a first-order pass
+    assert not calls
+    with second_order():
+        with torch.no_grad():
+            layer(x)
+        batched = torch.func.vmap(layer)(x.unsqueeze(1))
+        torch.testing.assert_close(batched.squeeze(1), F.conv2d(x, layer.weight, layer.bias,
+                                                                padding=1))
+        reflect = Conv2d(2, 3, 3, padding=1, padding_mode="reflect").double()
+        reflect(x).sum().backward()
+        assert not calls
+        layer(x).sum().backward()
+    assert calls
+
+
+def test_module_keeps_nn_conv2d_parameters_and_state_dict():
+    torch.manual_seed(0)
+    ours = Conv2d(2, 3, 3, padding=1)
+    torch.manual_seed(0)
+    theirs = nn.Conv2d(2, 3, 3, padding=1)
+    assert isinstance(ours, nn.Conv2d)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,150 @@
+"""2-D convolution whose second derivative computes only the terms that are asked for.
+
+PyTorch 2.13's double backward of a convolution (``_convolution_double_backward``) does not
+look at which of the convolution's inputs need a gradient: given the gradients of both
+gradients, it always computes the gradient for the input and the one for the weight. In
+WarpGrad's exact meta-gradient (and MAML's), differentiated in φ at a constant θ_k, two of
+them are thrown away:
+
+- the first layer's input is the data, which needs no gradient; at the multi-shot Omniglot
+  protocol that transposed convolution of ``[128, 64, 28, 28]`` into ``[128, 1, 28, 28]``
+  takes ~9 ms of an exact buffer point's ~350 ms on 2 CPU cores;
+- the task layers' weights are θ_k, a constant: three more convolutions, ~20 ms a point.
+
+It also computes the weight gradient it keeps (the warp layers', φ) as a convolution of
+transposed tensors, which ran at ~116 GFLOP/s against ~230 for the weight-gradient kernel
+(BENCHMARKS.md). :func:`conv2d` is ``F.conv2d`` with a backward that is itself an
+:class:`torch.autograd.Function`, whose backward computes only what its inputs need, with the
+convolution kernels. The values are the same sums, perhaps in another order (equal to
+PyTorch's to 1e-12 in float64, tests).
+
+It applies to passes whose gradient is differentiated again, which open
+:func:`~warpgrad.models._second_order.second_order` (elsewhere its two Python-level
+functions cost more than they save: ~0.25 ms a convolution, 3-4% of a first-order
+adaptation step), and where the library's CPU fast paths apply: plain autograd and
+``torch.func.grad`` on the CPU, outside ``torch.compile``. Elsewhere (first-order passes,
+``vmap``, compiled graphs, GPUs) it is ``F.conv2d``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from warpgrad.models._second_order import SECOND_ORDER
+from warpgrad.models._transforms import outside_all_but_grad
+
+ENABLED = True
+"""Whether :func:`conv2d` may take its own backward (tests compare both ways)."""
+
+_Pair = tuple[int, int]
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: _Pair = (1, 1),
+           padding: _Pair = (0, 0), dilation: _Pair = (1, 1), groups: int = 1) -> Tensor:
+    """``F.conv2d`` (zero padding given as numbers), differentiable to any order, whose
+    gradient of a gradient computes only the terms its inputs need (see the module
+    docstring). ``x [N, C_in, H, W]``, ``weight [C_out, C_in / groups, kH, kW]``."""
+    if not _applies(x):
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        # what autocast does for F.conv2d: a differentiable cast, then the convolution
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
+    return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _applies(x: Tensor) -> bool:
+    return (ENABLED and bool(SECOND_ORDER) and x.device.type == "cpu"
+            and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and outside_all_but_grad())
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (the same parameters and state-dict keys) that convolves with
+    :func:`conv2d` where it applies; other padding modes and string padding as before."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super()._conv_forward(x, weight, bias)
+        return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: _Pair,
+                padding: _Pair, dilation: _Pair, groups: int) -> Tensor:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, *ctx.conv = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None):
+        if grad is None:
+            return (None,) * 7
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        mask = (needs_x, needs_weight, ctx.has_bias and needs_bias)
+        gx, gw, gb = _Conv2dBackward.apply(grad, x, weight, mask, *ctx.conv)
+        return gx, gw, gb, None, None, None, None
+
+
+class _Conv2dBackward(torch.autograd.Function):
+    """``(grad, x, weight) → (grad_x, grad_weight, grad_bias)`` of a convolution; outputs
+    left out of ``mask`` are ``None``."""
+
+    @staticmethod
+    def forward(grad: Tensor, x: Tensor, weight: Tensor, mask: tuple[bool, bool, bool],
+                stride: _Pair, padding: _Pair, dilation: _Pair, groups: int
+                ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        bias_sizes = [weight.shape[0]] if mask[2] else None
+        return tuple(torch.ops.aten.convolution_backward(
+            grad, x, weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
+            list(mask)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        grad, x, weight, _, *ctx.conv = inputs
+        ctx.save_for_backward(grad, x, weight)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg_x: Tensor | None, gg_weight: Tensor | None, gg_bias: Tensor | None):
+        grad, x, weight = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):  # in the saved tensors' dtype
+            return _Conv2dBackward._backward(ctx, grad, x, weight, gg_x, gg_weight, gg_bias)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor, x: Tensor, weight: Tensor, gg_x: Tensor | None,
+                  gg_weight: Tensor | None, gg_bias: Tensor | None):
+        stride, padding, dilation, groups = ctx.conv
+        needs_grad, needs_x, needs_weight = ctx.needs_input_grad[:3]
+        d_grad = d_x = d_weight = None
+        if needs_grad:  # the convolution is linear in (x, weight, bias) separately
+            if gg_x is not None:
+                d_grad = F.conv2d(gg_x, weight, None, stride, padding, dilation, groups)
+            if gg_weight is not None:
+                term = F.conv2d(x, gg_weight, None, stride, padding, dilation, groups)
+                d_grad = term if d_grad is None else d_grad + term
+            if gg_bias is not None:
+                term = gg_bias.view(1, -1, 1, 1)
+                d_grad = term.expand_as(grad) if d_grad is None else d_grad + term
+        if needs_x and gg_weight is not None:  # ⟨grad, conv(x, gg_weight)⟩ in x
+            d_x = torch.ops.aten.convolution_backward(
+                grad, x, gg_weight, None, stride, padding, dilation, False, [0, 0], groups,
+                [True, False, False])[0]
+        if needs_weight and gg_x is not None:  # ⟨grad, conv(gg_x, weight)⟩ in the weight
+            d_weight = torch.ops.aten.convolution_backward(
+                grad, gg_x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                [False, True, False])[1]
+        return d_grad, d_x, d_weight, None, None, None, None, None
