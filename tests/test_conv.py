@@ -234,6 +234,17 @@ def test_bf16_autocast_convolves_in_bf16_and_reaches_float32_weights():
         torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.usefixtures("in_second_order")
+def test_autocast_leaves_float64_alone_as_it_does_for_f_conv2d():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = conv2d(x, w, None, (1, 1), (1, 1))
+        theirs = F.conv2d(x, w, None, 1, 1)
+    assert ours.dtype == theirs.dtype == torch.float64
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
 def test_plain_f_conv2d_outside_the_scope_without_grad_under_vmap_and_other_padding(
         monkeypatch):
     calls = _spy(monkeypatch)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from warpgrad._autograd import Function
 from warpgrad.models._second_order import SECOND_ORDER
 from warpgrad.models._transforms import outside_all_but_grad
 
@@ -50,10 +51,15 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: _Pair 
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     device = x.device.type
     if torch.is_autocast_enabled(device):
-        # what autocast does for F.conv2d: a differentiable cast, then the convolution
+        # what autocast does for F.conv2d: a differentiable cast of float tensors other than
+        # float64, then the convolution
         dtype = torch.get_autocast_dtype(device)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+
+        def cast(t: Tensor) -> Tensor:
+            return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+        x, weight = cast(x), cast(weight)
+        bias = None if bias is None else cast(bias)
         with torch.autocast(device, enabled=False):
             return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
     return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
@@ -75,7 +81,7 @@ class Conv2d(nn.Conv2d):
         return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class _Conv2d(torch.autograd.Function):
+class _Conv2d(Function):
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: _Pair,
                 padding: _Pair, dilation: _Pair, groups: int) -> Tensor:
@@ -99,7 +105,7 @@ class _Conv2d(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None
 
 
-class _Conv2dBackward(torch.autograd.Function):
+class _Conv2dBackward(Function):
     """``(grad, x, weight) → (grad_x, grad_weight, grad_bias)`` of a convolution; outputs
     left out of ``mask`` are ``None``."""
 
@@ -135,10 +141,11 @@ class _Conv2dBackward(torch.autograd.Function):
                 d_grad = F.conv2d(gg_x, weight, None, stride, padding, dilation, groups)
             if gg_weight is not None:
                 term = F.conv2d(x, gg_weight, None, stride, padding, dilation, groups)
-                d_grad = term if d_grad is None else d_grad + term
+                # in place: one activation-sized tensor fewer at the peak (no op saved it)
+                d_grad = term if d_grad is None else d_grad.add_(term)
             if gg_bias is not None:
                 term = gg_bias.view(1, -1, 1, 1)
-                d_grad = term.expand_as(grad) if d_grad is None else d_grad + term
+                d_grad = term.expand_as(grad) if d_grad is None else d_grad.add_(term)
         if needs_x and gg_weight is not None:  # ⟨grad, conv(x, gg_weight)⟩ in x
             d_x = torch.ops.aten.convolution_backward(
                 grad, x, gg_weight, None, stride, padding, dilation, False, [0, 0], groups,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from warpgrad._autograd import Function
 from warpgrad.models._second_order import SECOND_ORDER
 from warpgrad.models._transforms import CAN_TELL, under_vmap
 
@@ -66,7 +67,7 @@ def channels_last_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | No
     return _ChannelsLastBatchNorm.apply(x, weight, bias, eps)[0]
 
 
-class _ChannelsLastBatchNorm(torch.autograd.Function):
+class _ChannelsLastBatchNorm(Function):
     @staticmethod
     def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
                 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,7 +114,7 @@ def _channel_sums(t: Tensor) -> Tensor:
     return rows.sum(1, dtype=per_image).sum(0, dtype=torch.float64)
 
 
-class _ChannelsLastBatchNormBackward(torch.autograd.Function):
+class _ChannelsLastBatchNormBackward(Function):
     """The training-mode backward ``(grad, x, γ) → (grad_x, grad_γ, grad_β)`` of batch norm,
     with a backward of its own: PyTorch's (``batchnorm_double_backward``) is ~30 passes over
     the activations, some of them strided over NHWC memory, and computes γ's gradient even
@@ -167,19 +168,20 @@ class _ChannelsLastBatchNormBackward(torch.autograd.Function):
         else:
             sum_a = p = big_a = zero
         d_grad = d_x = d_weight = None
+        # in place on fresh products (no op saves them): fewer activation-sized temporaries
         if needs_grad:
             d_grad = x_hat * coefficient(b - gamma * r * p / count)
-            d_grad = d_grad + coefficient(c - gamma * r * sum_a / count)
+            d_grad.add_(coefficient(c - gamma * r * sum_a / count))
             if gg_x is not None:
-                d_grad = d_grad + gg_x * coefficient(gamma * r)
+                d_grad.addcmul_(gg_x, coefficient(gamma * r))
             d_grad = d_grad.to(grad.dtype)
         if needs_x and (gg_x is not None or gg_weight is not None):
             r2 = gamma * r * r / count
             d_x = grad * coefficient(b * r - r2 * p)
-            d_x = d_x + x_hat * coefficient(r2 * (3 * p * q / count - big_a) - b * r * q / count)
-            d_x = d_x + coefficient(r2 * (q * sum_a + p * sum_g) / count - b * r * sum_g / count)
+            d_x.addcmul_(x_hat, coefficient(r2 * (3 * p * q / count - big_a) - b * r * q / count))
+            d_x.add_(coefficient(r2 * (q * sum_a + p * sum_g) / count - b * r * sum_g / count))
             if gg_x is not None:
-                d_x = d_x + gg_x * coefficient(-r2 * q)
+                d_x.addcmul_(gg_x, coefficient(-r2 * q))
             d_x = d_x.to(x.dtype)
         if needs_weight and weight is not None and gg_x is not None:
             d_weight = (r * (big_a - p * q / count)).to(weight.dtype)
