@@ -121,17 +121,21 @@ class _Conv2dBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         grad, x, weight, _, *ctx.conv = inputs
-        ctx.save_for_backward(grad, x, weight)
+        _, needs_x, needs_weight = ctx.needs_input_grad[:3]
+        # the upstream gradient only serves x's and the weight's terms: for the first layer
+        # at a constant θ (neither needs one) it would be an activation kept for nothing
+        ctx.save_for_backward(grad if needs_x or needs_weight else None, x, weight)
+        ctx.grad_shape = grad.shape
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, gg_x: Tensor | None, gg_weight: Tensor | None, gg_bias: Tensor | None):
         grad, x, weight = ctx.saved_tensors
-        with torch.autocast(grad.device.type, enabled=False):  # in the saved tensors' dtype
+        with torch.autocast(x.device.type, enabled=False):  # in the saved tensors' dtype
             return _Conv2dBackward._backward(ctx, grad, x, weight, gg_x, gg_weight, gg_bias)
 
     @staticmethod
-    def _backward(ctx, grad: Tensor, x: Tensor, weight: Tensor, gg_x: Tensor | None,
+    def _backward(ctx, grad: Tensor | None, x: Tensor, weight: Tensor, gg_x: Tensor | None,
                   gg_weight: Tensor | None, gg_bias: Tensor | None):
         stride, padding, dilation, groups = ctx.conv
         needs_grad, needs_x, needs_weight = ctx.needs_input_grad[:3]
@@ -145,7 +149,7 @@ class _Conv2dBackward(Function):
                 d_grad = term if d_grad is None else d_grad.add_(term)
             if gg_bias is not None:
                 term = gg_bias.view(1, -1, 1, 1)
-                d_grad = term.expand_as(grad) if d_grad is None else d_grad.add_(term)
+                d_grad = term.expand(ctx.grad_shape) if d_grad is None else d_grad.add_(term)
         if needs_x and gg_weight is not None:  # ⟨grad, conv(x, gg_weight)⟩ in x
             d_x = torch.ops.aten.convolution_backward(
                 grad, x, gg_weight, None, stride, padding, dilation, False, [0, 0], groups,

@@ -140,7 +140,12 @@ class _ChannelsLastBatchNormBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         grad, x, weight, mean, invstd, _, _ = inputs
-        ctx.save_for_backward(grad, x, weight, mean, invstd)
+        _, needs_x, needs_weight = ctx.needs_input_grad[:3]
+        # the upstream gradient only serves x's and γ's terms (not where x comes from a
+        # constant θ and the data, as in the first block at θ_k)
+        ctx.save_for_backward(grad if needs_x or needs_weight else None, x, weight, mean,
+                              invstd)
+        ctx.grad_dtype = grad.dtype
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -160,13 +165,15 @@ class _ChannelsLastBatchNormBackward(Function):
         def coefficient(v: Tensor) -> Tensor:
             return v.to(work).view(per_channel)
 
-        sum_g = _channel_sums(grad)
-        q = _channel_sums(grad * x_hat)
         if gg_x is not None:
             sum_a, p = _channel_sums(gg_x), _channel_sums(gg_x * x_hat)
-            big_a = _channel_sums(gg_x * grad) - sum_a * sum_g / count
         else:
-            sum_a = p = big_a = zero
+            sum_a = p = zero
+        sum_g = q = big_a = zero
+        if grad is not None:
+            sum_g, q = _channel_sums(grad), _channel_sums(grad * x_hat)
+            if gg_x is not None:
+                big_a = _channel_sums(gg_x * grad) - sum_a * sum_g / count
         d_grad = d_x = d_weight = None
         # in place on fresh products (no op saves them): fewer activation-sized temporaries
         if needs_grad:
@@ -174,7 +181,7 @@ class _ChannelsLastBatchNormBackward(Function):
             d_grad.add_(coefficient(c - gamma * r * sum_a / count))
             if gg_x is not None:
                 d_grad.addcmul_(gg_x, coefficient(gamma * r))
-            d_grad = d_grad.to(grad.dtype)
+            d_grad = d_grad.to(ctx.grad_dtype)
         if needs_x and (gg_x is not None or gg_weight is not None):
             r2 = gamma * r * r / count
             d_x = grad * coefficient(b * r - r2 * p)
