@@ -67,16 +67,24 @@ def channels_last_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | No
     return _ChannelsLastBatchNorm.apply(x, weight, bias, eps)[0]
 
 
+def _channel_sums(t: Tensor) -> Tensor:
+    """``t [N, C, H, W]`` (NHWC memory) summed over N, H and W: ``[C]`` in float64, as the
+    NCHW kernel sums its statistics: each image's sum in at least float32 over the
+    ``[N, H*W, C]`` view, then the images' in float64."""
+    n, c = t.shape[:2]
+    rows = t.permute(0, 2, 3, 1).reshape(n, -1, c)
+    per_image = torch.promote_types(t.dtype, torch.float32)
+    return rows.sum(1, dtype=per_image).sum(0, dtype=torch.float64)
+
+
 class _ChannelsLastBatchNorm(Function):
     @staticmethod
     def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        n, c = x.shape[:2]
-        rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)  # [N, H*W, C]: a view of NHWC memory
-        count = rows.shape[0] * rows.shape[1]
+        count = x.numel() // x.shape[1]
         per_image = torch.promote_types(x.dtype, torch.float32)
-        mean = rows.sum(1, dtype=per_image).sum(0, dtype=torch.float64) / count
-        var = (rows - mean.to(per_image)).square_().sum(1).sum(0, dtype=torch.float64) / count
+        mean = _channel_sums(x) / count
+        var = _channel_sums((x - mean.to(per_image).view(1, -1, 1, 1)).square_()) / count
         stats = weight.dtype if weight is not None else per_image
         mean, var = mean.to(stats), var.to(stats)
         # eval mode: the affine map with these statistics, by the NHWC kernel
@@ -103,15 +111,6 @@ class _ChannelsLastBatchNorm(Function):
             gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
                 grad, x, weight, None, None, mean, invstd, True, ctx.eps, list(mask))
         return gx, gw, gb, None
-
-
-def _channel_sums(t: Tensor) -> Tensor:
-    """``t [N, C, H, W]`` summed over N, H and W: ``[C]`` in float64, each image's sum taken
-    in at least float32 first, as the forward's statistics are."""
-    n, c = t.shape[:2]
-    rows = t.permute(0, 2, 3, 1).reshape(n, -1, c)  # a view of NHWC memory
-    per_image = torch.promote_types(t.dtype, torch.float32)
-    return rows.sum(1, dtype=per_image).sum(0, dtype=torch.float64)
 
 
 class _ChannelsLastBatchNormBackward(Function):
