@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from warpgrad import conv4
-from warpgrad.algorithms import WarpGrad
-from warpgrad.engine.adapt import adapt
-from warpgrad.engine.inner_sgd import InnerSGD
+from tests.helpers import (
+    calls_of,
+    conv4_meta_gradients_both_ways,
+    maml_meta_gradients_both_ways,
+)
 from warpgrad.models import _conv
 from warpgrad.models._conv import Conv2d, conv2d
 from warpgrad.models._second_order import second_order
-from warpgrad.tasks import Task
 
 
 @pytest.fixture
@@ -159,59 +159,22 @@ def test_second_derivative_skips_the_datas_and_constant_thetas_gradients():
 
 
 def _spy(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    apply = _conv._Conv2d.apply
-    monkeypatch.setattr(_conv._Conv2d, "apply",
-                        staticmethod(lambda *args: calls.append(1) or apply(*args)))
-    return calls
+    return calls_of(monkeypatch, _conv._Conv2d)
 
 
 @pytest.mark.parametrize("variant", ["exact", "first-order"])
 def test_warpgrad_meta_gradient_on_conv4_matches_the_plain_convolution(monkeypatch, variant):
     """Through the objective's own path: the exact step opens the scope (its inner gradient
     runs under ``torch.func.grad``), the first-order one does not."""
-    calls = _spy(monkeypatch)
-    torch.manual_seed(0)
-    model = conv4(5, filters=8).double()
-    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.rand(10, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(10) % 5
-    theta = model.init_theta().detach() + 0.01 * torch.randn(
-        model.task_spec.numel, generator=g, dtype=torch.float64)
-    objective = WarpGrad(variant)
-    grads = []
-    for enabled in (False, True):
-        monkeypatch.setattr(_conv, "ENABLED", enabled)
-        loss = objective.point_loss(model, F.cross_entropy, opt, theta, None, (x, y), [(x, y)])
-        grads.append(torch.autograd.grad(loss, list(model.warp_parameters().values())))
-        assert bool(calls) == (enabled and variant == "exact")
+    grads = conv4_meta_gradients_both_ways(monkeypatch, _conv, variant, _spy(monkeypatch))
     for ours, theirs in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
 def test_maml_meta_gradient_matches_the_plain_convolution(monkeypatch):
     """MAML's differentiable adaptation opens the scope; its meta-gradient is unchanged."""
-    calls = _spy(monkeypatch)
-    torch.manual_seed(0)
-    model = conv4(5, filters=8, warp=None).double()
-    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
-    task = Task(*_glyph_like(12), *_glyph_like(12, seed=2))
-    grads = []
-    for enabled in (False, True):
-        monkeypatch.setattr(_conv, "ENABLED", enabled)
-        theta0 = model.init_theta().detach().requires_grad_()
-        result = adapt(model, theta0, task, F.cross_entropy, opt, 2, create_graph=True,
-                       generator=torch.Generator().manual_seed(0))
-        x, y = task.test_batch()
-        (grad,) = torch.autograd.grad(F.cross_entropy(model(x, result.theta), y), theta0)
-        grads.append(grad)
-        assert len(calls) == (2 * 4 if enabled else 0)  # 2 steps x 4 convolutions each
+    grads, _ = maml_meta_gradients_both_ways(monkeypatch, _conv, _spy(monkeypatch), 4)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
-
-
-def _glyph_like(n: int, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(n) % 5
 
 
 @pytest.mark.usefixtures("in_second_order")

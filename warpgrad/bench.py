@@ -466,12 +466,14 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
                   full_precision: bool = False) -> Tensor:
     """Conv4 on plain tensors, with the case's layout and precision switches (and, as the
     library's layers do on a CPU, channels-last throughout, with batch norm's statistics
-    summed as :mod:`warpgrad.models._norm` does for accuracy, and convolutions whose second
-    derivative computes only the terms needed, :mod:`warpgrad.models._conv`).
+    summed as :mod:`warpgrad.models._norm` does for accuracy, convolutions whose second
+    derivative computes only the terms needed, :mod:`warpgrad.models._conv`, and max-pooling
+    that saves only its argmax where it is differentiated twice, :mod:`warpgrad.models._pool`).
     ``full_precision``: float32 even under bf16, as the library's WarpGrad step runs."""
     from warpgrad.models._conv import conv2d
     from warpgrad.models._conv_block import channels_last_applies
     from warpgrad.models._norm import channels_last_batch_norm, is_nhwc
+    from warpgrad.models._pool import max_pool2d
     from warpgrad.models.warped import to_channels_last
 
     h = x
@@ -481,7 +483,7 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
             if _SWITCHES["channels_last"] or channels_last_applies(h):
                 h = to_channels_last(h)
-            h = F.max_pool2d(conv2d(h, w, b, padding=(1, 1)), 2)
+            h = max_pool2d(conv2d(h, w, b, padding=(1, 1)), 2)
             h = (channels_last_batch_norm(h, gamma, beta, 1e-5) if is_nhwc(h) else
                  F.batch_norm(h, None, None, gamma, beta, training=True))
             h = F.relu(h)

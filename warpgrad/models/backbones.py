@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from warpgrad.models._conv import Conv2d
 from warpgrad.models._conv_block import ConvBlock
 from warpgrad.models._norm import BatchNorm2d
+from warpgrad.models._pool import MaxPool2d
 from warpgrad.models.warp_layers import WarpKind, warp_stack
 from warpgrad.models.warped import Precision, WarpedModel
 
@@ -72,7 +73,7 @@ def conv4(
     for i in range(1, 5):
         layers[f"block{i}"] = ConvBlock(
             Conv2d(channels, filters, 3, padding=1),
-            nn.MaxPool2d(2),
+            MaxPool2d(2),
             BatchNorm2d(filters, track_running_stats=batch_norm == "running"),
             nn.ReLU(),
         )
