@@ -6,7 +6,8 @@ gradient of a gradient needs:
 - batch norm under ``torch.func.vmap`` is built from primitive operators, whose batching
   rules are exact to every order (:mod:`warpgrad.models._norm`);
 - convolutions take a backward whose own backward computes only the terms asked for
-  (:mod:`warpgrad.models._conv`).
+  (:mod:`warpgrad.models._conv`);
+- max-pooling saves only its argmax, as int16 (:mod:`warpgrad.models._pool`).
 
 Outside it they keep PyTorch's fused kernels and nothing more, which is what first-order
 passes want. The exact WarpGrad step, MAML's differentiable adaptation and adaptation steps
