@@ -16,7 +16,7 @@ from tests.helpers import (
 )
 from warpgrad import conv4
 from warpgrad.models import _pool
-from warpgrad.models._pool import MaxPool2d, max_pool2d
+from warpgrad.models._pool import MaxPool2d, argmax_only, max_pool2d
 from warpgrad.models._second_order import second_order
 
 
@@ -120,10 +120,21 @@ def _spy(monkeypatch) -> list[int]:
     return calls_of(monkeypatch, _pool._MaxPool2d)
 
 
+def test_argmax_only_scope_extends_it_to_first_order_passes(monkeypatch):
+    calls = _spy(monkeypatch)
+    x = _input((2, 3, 8, 8), True)
+    plain = _derivatives(lambda t: MaxPool2d(2)(t), x)
+    assert not calls
+    with argmax_only():
+        ours = _derivatives(lambda t: MaxPool2d(2)(t), x)
+    assert calls
+    torch.testing.assert_close(ours, plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("variant", ["exact", "first-order"])
 def test_warpgrad_meta_gradient_on_conv4_is_unchanged(monkeypatch, variant):
-    """Through the objective's own path: only the exact step's inner pass (in the scope)
-    pools this way."""
+    """Through the objective's own path: the exact step (its inner pass in the second-order
+    scope, the loss after it in ``argmax_only``) pools this way, the first-order one not."""
     grads = conv4_meta_gradients_both_ways(monkeypatch, _pool, variant, _spy(monkeypatch))
     for ours, theirs in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)

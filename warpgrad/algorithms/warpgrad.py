@@ -45,6 +45,7 @@ from warpgrad.engine.buffer import Points, ReplayBuffer
 from warpgrad.engine.graphs import GraphCache, graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
 from warpgrad.models._norm import EXACT_UNDER_VMAP
+from warpgrad.models._pool import argmax_only
 from warpgrad.models._second_order import second_order
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Batch, Task, draw_batches
@@ -193,7 +194,9 @@ class WarpGrad:
                     with second_order() if self.variant == "exact" else nullcontext():
                         grad = torch.func.grad(task_loss)(theta)
             stepped, _ = optimizer.step(theta, grad, None if state is None else state.detach())
-        losses = [loss_fn(model(xm, stepped), ym) for xm, ym in meta_batches]
+        # the step's graph is held until this loss's backward reaches it
+        with argmax_only() if self.variant == "exact" else nullcontext():
+            losses = [loss_fn(model(xm, stepped), ym) for xm, ym in meta_batches]
         return torch.stack(losses).mean()
 
     def points_loss(

@@ -19,11 +19,13 @@ the argmax come from PyTorch's kernel, so ties and NaN pick the same element.
 
 It applies where :mod:`~warpgrad.models._conv`'s convolution does: in passes whose gradient
 is differentiated again (:func:`~warpgrad.models._second_order.second_order`), under plain
-autograd or ``torch.func.grad`` on the CPU, outside ``torch.compile``. There it takes 21 MB
-off the 171 MB an exact buffer point allocates at its peak and ~3% off its time, and 40% off
-MAML's peak (K = 25, Conv4-32, batch 32; BENCHMARKS.md). A first-order pass frees its graph
-at once and would pay the Python-level function's cost for little. Elsewhere (``vmap``,
-GPUs, overlapping windows) it is ``nn.MaxPool2d``.
+autograd or ``torch.func.grad`` on the CPU, outside ``torch.compile``; and in the
+first-order pass inside :func:`argmax_only`, which the exact WarpGrad step opens for its
+loss after the step (that pass's graph is held while the step's is). Together they take 47
+MB off the 171 MB an exact buffer point allocates at its peak and ~3% off its time, and 40%
+off MAML's peak (K = 25, Conv4-32, batch 32; BENCHMARKS.md). Other first-order passes free
+their graph at once and would pay the Python-level function's cost (1-4% of an adaptation
+step) for little. Elsewhere (``vmap``, GPUs, overlapping windows) it is ``nn.MaxPool2d``.
 """
 
 from __future__ import annotations
@@ -33,11 +35,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from warpgrad._autograd import Function
+from warpgrad._scope import Scope
 from warpgrad.models._second_order import SECOND_ORDER
 from warpgrad.models._transforms import outside_all_but_grad
 
 ENABLED = True
 """Whether :class:`MaxPool2d` may save only its argmax (tests compare both ways)."""
+
+ARGMAX_ONLY = Scope()
+"""Open (``with argmax_only():``) for a first-order pass whose graph lives as long as a
+twice-differentiated one: the exact WarpGrad step's loss after the step, whose backward
+runs while the step's graph is held. There the memory is worth the function's cost."""
+
+
+def argmax_only() -> Scope:
+    """A ``with`` block in which :class:`MaxPool2d` also saves only its argmax (nestable)."""
+    return ARGMAX_ONLY
 
 
 def max_pool2d(x: Tensor, kernel_size: int | tuple[int, int]) -> Tensor:
@@ -66,8 +79,8 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _applies(x: Tensor) -> bool:
-    return (ENABLED and bool(SECOND_ORDER) and x.dim() == 4 and x.device.type == "cpu"
-            and x.requires_grad and torch.is_grad_enabled()
+    return (ENABLED and (bool(SECOND_ORDER) or bool(ARGMAX_ONLY)) and x.dim() == 4
+            and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and outside_all_but_grad())
 
 
