@@ -335,6 +335,7 @@ def case_warped_step(scale: Scale) -> dict[str, float]:
 def case_batched_objective(scale: Scale, variant: str) -> dict[str, float]:
     """Figure 5: ms per buffer point of the offline WarpGrad update, ``points`` points in one
     vmap call versus one point per update."""
+    from warpgrad._optim import SGD
     from warpgrad.algorithms.warpgrad import WarpGrad
     from warpgrad.engine.adapt import adapt
     from warpgrad.engine.buffer import ReplayBuffer
@@ -352,7 +353,7 @@ def case_batched_objective(scale: Scale, variant: str) -> dict[str, float]:
     times = {"sequential": 0.0, "batched": 0.0}
     for rep in range(2):  # rep 0 warms up
         for name, objective in objectives.items():
-            meta = torch.optim.SGD(model.warp_parameters().values(), lr=0.0)
+            meta = SGD(model.warp_parameters().values(), lr=0.0)
             _sync()
             start = time.perf_counter()
             objective.offline_update(model, F.cross_entropy, opt, buffer, [task], meta,

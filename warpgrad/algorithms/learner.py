@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from warpgrad._optim import SGD, Adam
 from warpgrad.algorithms.base import InitObjective, TaskRun
 from warpgrad.algorithms.warpgrad import WarpGrad
 from warpgrad.engine.adapt import Adaptation, LossFn, Observer, adapt, adapt_tasks
@@ -124,7 +125,7 @@ class MetaLearner:
                 init_params += warp_params
             self._init_meta_parameters = tuple(
                 learned_rates + (warp_params if warps_by_init else []))
-        make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+        make = {"sgd": SGD, "adam": Adam}
         if meta_optimizer not in make:
             raise ValueError(f"meta_optimizer must be 'sgd' or 'adam', got {meta_optimizer!r}")
 
