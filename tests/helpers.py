@@ -47,34 +47,6 @@ def finite_difference(fn, params: list[torch.Tensor], eps: float = 1e-6) -> list
     return grads
 
 
-def conv4_meta_gradients_both_ways(monkeypatch, module, variant: str, spy: list) -> list:
-    """The meta-gradient in φ of one WarpGrad buffer point of a float64 Conv4-8 (5-way, 10
-    glyph-sized images), with ``module.ENABLED`` (a fast path's switch) off, then on. Asserts
-    that the path was taken (``spy`` got calls) exactly when it is on and ``variant`` is
-    "exact", whose inner pass opens the second-order scope. Returns ``[off, on]``."""
-    import torch.nn.functional as F
-
-    from warpgrad import conv4
-    from warpgrad.algorithms import WarpGrad
-    from warpgrad.engine.inner_sgd import InnerSGD
-
-    torch.manual_seed(0)
-    model = conv4(5, filters=8).double()
-    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.rand(10, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(10) % 5
-    theta = model.init_theta().detach() + 0.01 * torch.randn(
-        model.task_spec.numel, generator=g, dtype=torch.float64)
-    objective = WarpGrad(variant)
-    grads = []
-    for enabled in (False, True):
-        monkeypatch.setattr(module, "ENABLED", enabled)
-        loss = objective.point_loss(model, F.cross_entropy, opt, theta, None, (x, y), [(x, y)])
-        grads.append(torch.autograd.grad(loss, list(model.warp_parameters().values())))
-        assert bool(spy) == (enabled and variant == "exact")
-    return grads
-
-
 def calls_of(monkeypatch, function: type) -> list[int]:
     """A list that gets an entry each time ``function.apply`` (an autograd function) runs."""
     calls: list[int] = []
@@ -82,42 +54,3 @@ def calls_of(monkeypatch, function: type) -> list[int]:
     monkeypatch.setattr(function, "apply",
                         staticmethod(lambda *args: calls.append(1) or apply(*args)))
     return calls
-
-
-def maml_meta_gradients_both_ways(monkeypatch, module, spy: list, calls_per_step: int
-                                  ) -> tuple[list, list[int]]:
-    """MAML's meta-gradient in θ_0 of a float64 Conv4-8 without warps (2 differentiable
-    steps on 12 glyph-sized images), with ``module.ENABLED`` off, then on, and the bytes
-    autograd saved during each adaptation. Asserts that ``spy`` got ``2 * calls_per_step``
-    calls when on and none when off (MAML's adaptation opens the second-order scope)."""
-    import torch.nn.functional as F
-
-    from warpgrad import conv4
-    from warpgrad.engine.adapt import adapt
-    from warpgrad.engine.inner_sgd import InnerSGD
-
-    torch.manual_seed(0)
-    model = conv4(5, filters=8, warp=None).double()
-    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
-    g = torch.Generator().manual_seed(1)
-    data = [torch.rand(12, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(12) % 5]
-    task = Task(*data, *data)
-    grads, saved_bytes = [], []
-    for enabled in (False, True):
-        monkeypatch.setattr(module, "ENABLED", enabled)
-        theta0 = model.init_theta().detach().requires_grad_()
-        sizes: list[int] = []
-
-        def pack(t: torch.Tensor, sizes=sizes) -> torch.Tensor:
-            sizes.append(t.numel() * t.element_size())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            result = adapt(model, theta0, task, F.cross_entropy, opt, 2, create_graph=True,
-                           generator=torch.Generator().manual_seed(0))
-        x, y = task.test_batch()
-        (grad,) = torch.autograd.grad(F.cross_entropy(model(x, result.theta), y), theta0)
-        grads.append(grad)
-        saved_bytes.append(sum(sizes))
-        assert len(spy) == (2 * calls_per_step if enabled else 0)
-    return grads, saved_bytes

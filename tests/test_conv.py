@@ -13,11 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.helpers import (
-    calls_of,
-    conv4_meta_gradients_both_ways,
-    maml_meta_gradients_both_ways,
-)
+from tests.helpers import calls_of
 from warpgrad.models import _conv
 from warpgrad.models._conv import Conv2d, conv2d
 from warpgrad.models._second_order import second_order
@@ -160,21 +156,6 @@ def test_second_derivative_skips_the_datas_and_constant_thetas_gradients():
 
 def _spy(monkeypatch) -> list[int]:
     return calls_of(monkeypatch, _conv._Conv2d)
-
-
-@pytest.mark.parametrize("variant", ["exact", "first-order"])
-def test_warpgrad_meta_gradient_on_conv4_matches_the_plain_convolution(monkeypatch, variant):
-    """Through the objective's own path: the exact step opens the scope (its inner gradient
-    runs under ``torch.func.grad``), the first-order one does not."""
-    grads = conv4_meta_gradients_both_ways(monkeypatch, _conv, variant, _spy(monkeypatch))
-    for ours, theirs in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
-
-
-def test_maml_meta_gradient_matches_the_plain_convolution(monkeypatch):
-    """MAML's differentiable adaptation opens the scope; its meta-gradient is unchanged."""
-    grads, _ = maml_meta_gradients_both_ways(monkeypatch, _conv, _spy(monkeypatch), 4)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.usefixtures("in_second_order")

@@ -13,10 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import calls_of
 from warpgrad import MetaLearner, WarpedModel, conv4, make_learner, tune_allocator
 from warpgrad.algorithms import Leap, WarpGrad
 from warpgrad.engine import InnerSGD
-from warpgrad.models import _conv_block
+from warpgrad.engine.adapt import adapt
+from warpgrad.models import _conv, _conv_block, _pool
 from warpgrad.models.warped import to_channels_last
 from warpgrad.tasks import Task
 
@@ -443,3 +445,68 @@ def test_cuda_graphs_switch_reaches_the_model_and_copies_start_their_own_cache()
     assert learner.model._graph_cache._graphs
     clone = copy.deepcopy(learner.model)
     assert clone.cuda_graphs and getattr(clone, "_graph_cache", None) is None
+
+
+SECOND_ORDER_PATHS = {"convolution": (_conv, _conv._Conv2d), "pooling": (_pool, _pool._MaxPool2d)}
+"""The CPU layers whose own autograd functions serve twice-differentiated passes: their
+module (with its ``ENABLED`` switch) and the function whose calls show the path was taken."""
+
+
+@pytest.mark.parametrize("path", SECOND_ORDER_PATHS)
+@pytest.mark.parametrize("variant", ["exact", "first-order"])
+def test_second_order_layers_leave_the_warpgrad_meta_gradient_unchanged(monkeypatch, path,
+                                                                        variant):
+    """Through the objective's own path: the exact step takes them (its inner gradient runs
+    under ``torch.func.grad`` in the second-order scope), the first-order step does not."""
+    module, function = SECOND_ORDER_PATHS[path]
+    calls = calls_of(monkeypatch, function)
+    torch.manual_seed(0)
+    model = conv4(5, filters=8).double()
+    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(10, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(10) % 5
+    theta = model.init_theta().detach() + 0.01 * torch.randn(
+        model.task_spec.numel, generator=g, dtype=torch.float64)
+    objective = WarpGrad(variant)
+    grads = []
+    for enabled in (False, True):
+        monkeypatch.setattr(module, "ENABLED", enabled)
+        loss = objective.point_loss(model, F.cross_entropy, opt, theta, None, (x, y), [(x, y)])
+        grads.append(torch.autograd.grad(loss, list(model.warp_parameters().values())))
+        assert bool(calls) == (enabled and variant == "exact")
+    for ours, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", SECOND_ORDER_PATHS)
+def test_second_order_layers_leave_mamls_meta_gradient_unchanged(monkeypatch, path):
+    """MAML's differentiable adaptation opens the scope; pooling also saves less there."""
+    module, function = SECOND_ORDER_PATHS[path]
+    calls = calls_of(monkeypatch, function)
+    torch.manual_seed(0)
+    model = conv4(5, filters=8, warp=None).double()
+    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    data = [torch.rand(12, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(12) % 5]
+    task = Task(*data, *data)
+    grads, saved_bytes = [], []
+    for enabled in (False, True):
+        monkeypatch.setattr(module, "ENABLED", enabled)
+        theta0 = model.init_theta().detach().requires_grad_()
+        sizes: list[int] = []
+
+        def pack(t: torch.Tensor, sizes=sizes) -> torch.Tensor:
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            result = adapt(model, theta0, task, F.cross_entropy, opt, 2, create_graph=True,
+                           generator=torch.Generator().manual_seed(0))
+        x, y = task.test_batch()
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x, result.theta), y), theta0)
+        grads.append(grad)
+        saved_bytes.append(sum(sizes))
+        assert len(calls) == (2 * 4 if enabled else 0)  # 2 steps x Conv4's 4 layers of each
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+    if path == "pooling":
+        assert saved_bytes[1] < 0.8 * saved_bytes[0]

@@ -9,11 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import (
-    calls_of,
-    conv4_meta_gradients_both_ways,
-    maml_meta_gradients_both_ways,
-)
+from tests.helpers import calls_of
 from warpgrad import conv4
 from warpgrad.models import _pool
 from warpgrad.models._pool import MaxPool2d, argmax_only, max_pool2d
@@ -129,21 +125,6 @@ def test_argmax_only_scope_extends_it_to_first_order_passes(monkeypatch):
         ours = _derivatives(lambda t: MaxPool2d(2)(t), x)
     assert calls
     torch.testing.assert_close(ours, plain, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("variant", ["exact", "first-order"])
-def test_warpgrad_meta_gradient_on_conv4_is_unchanged(monkeypatch, variant):
-    """Through the objective's own path: the exact step (its inner pass in the second-order
-    scope, the loss after it in ``argmax_only``) pools this way, the first-order one not."""
-    grads = conv4_meta_gradients_both_ways(monkeypatch, _pool, variant, _spy(monkeypatch))
-    for ours, theirs in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
-
-
-def test_maml_meta_gradient_is_unchanged_and_saves_less(monkeypatch):
-    grads, saved_bytes = maml_meta_gradients_both_ways(monkeypatch, _pool, _spy(monkeypatch), 4)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
-    assert saved_bytes[1] < 0.8 * saved_bytes[0]
 
 
 @pytest.mark.usefixtures("in_second_order")
