@@ -67,11 +67,15 @@ class MaxPool2d(nn.MaxPool2d):
     (stride = kernel, no padding, dilation or ceil mode)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        kernel = _pair(self.kernel_size)
-        if (kernel != _pair(self.stride) or _pair(self.padding) != (0, 0)
-                or _pair(self.dilation) != (1, 1) or self.ceil_mode or self.return_indices):
-            return super().forward(x)
-        return max_pool2d(x, kernel)
+        # the scope test first: every first-order pass comes through here
+        if _applies(x) and self._windows_apart():
+            return _MaxPool2d.apply(x, _pair(self.kernel_size))[0]
+        return super().forward(x)
+
+    def _windows_apart(self) -> bool:
+        return (_pair(self.kernel_size) == _pair(self.stride) and _pair(self.padding) == (0, 0)
+                and _pair(self.dilation) == (1, 1) and not self.ceil_mode
+                and not self.return_indices)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
