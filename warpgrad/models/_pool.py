@@ -24,8 +24,9 @@ first-order pass inside :func:`argmax_only`, which the exact WarpGrad step opens
 loss after the step (that pass's graph is held while the step's is). Together they take 47
 MB off the 171 MB an exact buffer point allocates at its peak and ~3% off its time, and 40%
 off MAML's peak (K = 25, Conv4-32, batch 32; BENCHMARKS.md). Other first-order passes free
-their graph at once and would pay the Python-level function's cost (1-4% of an adaptation
-step) for little. Elsewhere (``vmap``, GPUs, overlapping windows) it is ``nn.MaxPool2d``.
+their graph at once and would pay the Python-level function's cost (0-5% of an adaptation
+step in five A/B runs) for little. Elsewhere (``vmap``, GPUs, overlapping windows) it is
+``nn.MaxPool2d``.
 """
 
 from __future__ import annotations
