@@ -487,8 +487,9 @@ def test_second_order_layers_leave_mamls_meta_gradient_unchanged(monkeypatch, pa
     model = conv4(5, filters=8, warp=None).double()
     opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
-    data = [torch.rand(12, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(12) % 5]
-    task = Task(*data, *data)
+    train, test = ([torch.rand(12, 1, 28, 28, generator=g, dtype=torch.float64),
+                    torch.arange(12) % 5] for _ in range(2))
+    task = Task(*train, *test)
     grads, saved_bytes = [], []
     for enabled in (False, True):
         monkeypatch.setattr(module, "ENABLED", enabled)
