@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from warpgrad._autograd import Function
 from warpgrad.models._second_order import SECOND_ORDER
-from warpgrad.models._transforms import outside_all_but_grad
+from warpgrad.models._transforms import eager_cpu
 
 ENABLED = True
 """Whether :func:`conv2d` may take its own backward (tests compare both ways)."""
@@ -66,9 +66,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: _Pair 
 
 
 def _applies(x: Tensor) -> bool:
-    return (ENABLED and bool(SECOND_ORDER) and x.device.type == "cpu"
-            and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and outside_all_but_grad())
+    return ENABLED and bool(SECOND_ORDER) and torch.is_grad_enabled() and eager_cpu(x)
 
 
 class Conv2d(nn.Conv2d):

@@ -24,10 +24,9 @@ It applies to plain autograd and ``torch.func.grad`` on the CPU. Elsewhere
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from warpgrad.models._transforms import outside_all_but_grad
+from warpgrad.models._transforms import eager_cpu
 from warpgrad.models.warped import to_channels_last
 
 CHANNELS_LAST = True
@@ -46,5 +45,4 @@ class ConvBlock(nn.Sequential):
 
 def channels_last_applies(x: Tensor) -> bool:
     """Whether a block on ``x`` runs channels-last, as the module docstring says."""
-    return (CHANNELS_LAST and x.device.type == "cpu" and x.dim() == 4
-            and not torch.compiler.is_compiling() and outside_all_but_grad())
+    return CHANNELS_LAST and x.dim() == 4 and eager_cpu(x)

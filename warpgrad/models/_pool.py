@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from warpgrad._autograd import Function
 from warpgrad._scope import Scope
 from warpgrad.models._second_order import SECOND_ORDER
-from warpgrad.models._transforms import outside_all_but_grad
+from warpgrad.models._transforms import eager_cpu
 
 ENABLED = True
 """Whether :class:`MaxPool2d` may save only its argmax (tests compare both ways)."""
@@ -85,8 +85,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
 
 def _applies(x: Tensor) -> bool:
     return (ENABLED and (bool(SECOND_ORDER) or bool(ARGMAX_ONLY)) and x.dim() == 4
-            and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and outside_all_but_grad())
+            and x.requires_grad and torch.is_grad_enabled() and eager_cpu(x))
 
 
 def _index_dtype(height: int, width: int) -> torch.dtype:

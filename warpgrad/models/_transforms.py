@@ -5,6 +5,7 @@ where that API is missing, callers are told they may be inside any transform."""
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 _peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
 _stack = getattr(torch._C._functorch, "get_interpreter_stack", None)
@@ -34,3 +35,11 @@ def outside_all_but_grad() -> bool:
         return False
     grad = torch._C._functorch.TransformType.Grad
     return all(level.key() == grad for level in _stack())
+
+
+def eager_cpu(x: Tensor) -> bool:
+    """``x`` on the CPU, in eager PyTorch (not being traced by ``torch.compile``), under plain
+    autograd or ``torch.func.grad`` only: where the library's CPU layer paths apply
+    (channels-last blocks, the layers' own autograd functions)."""
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and outside_all_but_grad())
