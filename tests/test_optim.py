@@ -53,7 +53,9 @@ def test_steps_and_state_match_torch_optim(ours, theirs, kwargs):
     assert not torch.equal(resumed[0], params[0])  # the loaded state mattered
 
 
-def test_a_first_order_meta_learner_never_imports_torch_dynamo():
+def test_meta_learners_never_import_torch_dynamo():
+    """The optimisers here, and the exact objective's inner gradient (warpgrad._autograd.grad,
+    not torch.func.grad) keep torch._dynamo out of a run that does not compile."""
     code = """
 import sys
 import torch
@@ -62,7 +64,9 @@ from warpgrad import WarpGrad, conv4, make_learner
 from warpgrad.tasks import Task
 torch.manual_seed(0)
 x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 4
-for method, warp in (("warp-leap", WarpGrad("first-order")), ("leap", None)):
+for method, warp in (("warp-leap", WarpGrad("first-order")), ("leap", None),
+                     ("warp-leap", WarpGrad("exact", "offline")), ("warp-maml", WarpGrad("exact")),
+                     ("maml", None)):
     learner = make_learner(method, conv4(4, filters=4, warp="conv3x3" if warp else None),
                            F.cross_entropy, steps=2, warp=warp, meta_optimizer="adam")
     learner.meta_step([Task(x, y, x, y, batch_size=4, meta_split="train")])

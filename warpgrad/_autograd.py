@@ -1,8 +1,10 @@
-"""Autograd helpers: detaching only what autograd tracks, and custom functions whose
-``apply`` costs what PyTorch's C++ one does."""
+"""Autograd helpers: detaching only what autograd tracks, custom functions whose ``apply``
+costs what PyTorch's C++ one does, and ``torch.func.grad`` without ``torch._dynamo``."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any, overload
 
 import torch
@@ -15,6 +17,18 @@ try:  # private functorch entry points: without them, PyTorch's own apply (slowe
     _functorch_active = torch._C._are_functorch_transforms_active
 except (ImportError, AttributeError):
     _functorch_call = None
+
+try:  # private functorch entry points: without them, torch.func.grad (the same)
+    from torch._C._functorch import (
+        _grad_decrement_nesting,
+        _grad_increment_nesting,
+        _unwrap_for_grad,
+        _wrap_for_grad,
+        get_inplace_requires_grad_allowed,
+        set_inplace_requires_grad_allowed,
+    )
+except ImportError:
+    _grad_increment_nesting = None
 
 
 @overload
@@ -46,3 +60,47 @@ class Function(torch.autograd.Function):
             return _functorch_call(cls, *args)
         # the C++ apply of torch.autograd.Function's base, as PyTorch's apply ends
         return super(torch.autograd.Function, cls).apply(*_unwrap_dead_wrappers(args))
+
+
+def func_grad(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``torch.func.grad(f)(x)`` for one tensor argument and a scalar ``f``: the gradient,
+    shaped like ``x``, and like ``torch.func.grad``'s differentiable by enclosing autograd
+    and transforms in ``x`` and in whatever ``f`` closes over.
+
+    ``torch.func.grad`` wraps its backward in ``torch._dynamo.compiled_autograd``'s guard,
+    which imports ``torch._dynamo`` and with it sympy and ~800 modules (74 MB of resident
+    memory and 1.3 s per process, BENCHMARKS.md), for a guard that matters only once
+    ``torch._dynamo`` is in use. Until then this is the same transform without the guard.
+    """
+    if _grad_increment_nesting is None or "torch._dynamo" in sys.modules:
+        return torch.func.grad(f)(x)
+    return _grad_at_new_level(f, x)
+
+
+def _grad_at_new_level(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """What ``torch.func.grad`` does for one argument: ``x`` wrapped at a new level of
+    functorch's grad transform, differentiated there, the gradient unwrapped."""
+    level = _grad_increment_nesting()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.disable_saved_tensors_hooks(
+                "warpgrad's func_grad, like torch.func.grad, does not support saved tensor hooks"):
+            wrapped = _wrap_for_grad(x, level)
+            allowed = get_inplace_requires_grad_allowed()
+            set_inplace_requires_grad_allowed(True)
+            try:
+                wrapped.requires_grad_()
+            finally:
+                set_inplace_requires_grad_allowed(allowed)
+            out = f(wrapped)
+            if not isinstance(out, Tensor) or out.dim() != 0:
+                raise RuntimeError("func_grad(f, x): f(x) must return a scalar tensor")
+            g = None
+            if out.requires_grad:
+                # create_graph: the backward's own operators are recorded at the enclosing
+                # levels, which is what makes the gradient differentiable there
+                (g,) = torch.autograd.grad(out, wrapped, create_graph=True, allow_unused=True)
+            if g is None:
+                g = torch.zeros_like(wrapped)
+            return _unwrap_for_grad(g, level)
+    finally:
+        _grad_decrement_nesting()

@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from warpgrad._autograd import detached
+from warpgrad._autograd import detached, func_grad
 from warpgrad._transfer import to_device
 from warpgrad.engine.adapt import LossFn, StepRecord
 from warpgrad.engine.buffer import Points, ReplayBuffer
@@ -192,7 +192,7 @@ class WarpGrad:
                     theta = theta.detach()
                 else:
                     with second_order() if self.variant == "exact" else nullcontext():
-                        grad = torch.func.grad(task_loss)(theta)
+                        grad = func_grad(task_loss, theta)
             stepped, _ = optimizer.step(theta, grad, None if state is None else state.detach())
         # the step's graph is held until this loss's backward reaches it
         with argmax_only() if self.variant == "exact" else nullcontext():
