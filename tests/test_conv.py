@@ -5,6 +5,7 @@ plain F.conv2d wherever its path does not apply."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -16,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.helpers import calls_of
 from warpgrad.models import _conv
 from warpgrad.models._conv import Conv2d, conv2d
-from warpgrad.models._second_order import second_order
+from warpgrad.models._second_order import meta_backward_in_bf16, second_order
 
 
 @pytest.fixture
@@ -106,6 +107,7 @@ class _ConvOutputs(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.shapes: list[tuple[int, ...]] = []
+        self.dtypes: list[torch.dtype] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -113,6 +115,7 @@ class _ConvOutputs(TorchDispatchMode):
                     torch.ops.aten.convolution_backward.default):
             outs = out if isinstance(out, tuple) else (out,)
             self.shapes += [tuple(t.shape) for t in outs if t is not None]
+            self.dtypes += [t.dtype for t in outs if t is not None]
         return out
 
 
@@ -152,6 +155,55 @@ def test_second_derivative_skips_the_datas_and_constant_thetas_gradients():
     assert not unneeded & set(shapes)
     assert len(shapes) < len(plain_shapes)
     torch.testing.assert_close(grad, plain, rtol=1e-12, atol=1e-14)
+
+
+def _meta_gradient_parts(dtype, bf16_block: bool, create_graph: bool = False,
+                         backward_in_block: bool = False):
+    """WarpGrad's exact meta-gradient on x → conv θ1 → conv φ → conv θ2 → loss, as the library
+    takes it under a bf16 model: the step's gradient ∇_θ L(θ, φ) inside the float32 block,
+    then φ's gradient of ⟨v, ∇_θ L⟩ (the step's part of the meta-gradient). Returns the
+    step's gradient, φ's gradient and the dtypes the convolutions computed that in."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64).to(dtype)
+    theta = (torch.randn(3 * 2 * 9 + 5 * 3 * 9, generator=g, dtype=torch.float64) / 3).to(dtype)
+    v = torch.randn(theta.shape, generator=g, dtype=torch.float64).to(dtype)
+    phi = (torch.randn(3, 3, 3, 3, generator=g, dtype=torch.float64) / 3).to(dtype)
+    phi.requires_grad_()
+
+    def loss(th):
+        w1, w2 = th[:54].view(3, 2, 3, 3), th[54:].view(5, 3, 3, 3)
+        h = conv2d(x, w1, None, (1, 1), (1, 1))
+        h = conv2d(h, phi, None, (1, 1), (1, 1))
+        return conv2d(h, w2, None, (1, 1), (1, 1)).square().mean()
+
+    with second_order():
+        with meta_backward_in_bf16() if bf16_block else contextlib.nullcontext():
+            step = torch.func.grad(loss)(theta)
+            if backward_in_block:
+                with _ConvOutputs() as seen:
+                    (grad,) = torch.autograd.grad((step * v).sum(), phi)
+                return step, grad, seen.dtypes
+        with _ConvOutputs() as seen:
+            (grad,) = torch.autograd.grad((step * v).sum(), phi, create_graph=create_graph)
+    return step, grad, seen.dtypes
+
+
+def test_the_meta_backward_through_a_float32_pass_of_a_bf16_model_runs_in_bf16():
+    """Under ``precision="bf16"`` WarpGrad's step runs in float32 and only the meta-gradient's
+    backward through it, after the block and building no graph, convolves in bf16."""
+    truth = _meta_gradient_parts(torch.float64, False)
+    fp32 = _meta_gradient_parts(torch.float32, False)
+    step, grad, dtypes = _meta_gradient_parts(torch.float32, True)
+    assert torch.equal(step, fp32[0])  # the step's own gradient: float32, untouched
+    assert set(fp32[2]) == {torch.float32} and torch.bfloat16 in dtypes
+    assert grad.dtype == torch.float32 and not torch.equal(grad, fp32[1])
+    error = ((grad.double() - truth[1]).norm() / truth[1].norm()).item()
+    assert 1e-5 < error < 2e-2, error  # bf16's rounding (8 bits of mantissa), no more
+    # a backward inside the block, or one that builds a graph, stays float32
+    for kwargs in ({"backward_in_block": True}, {"create_graph": True}):
+        _, kept, kept_dtypes = _meta_gradient_parts(torch.float32, True, **kwargs)
+        assert set(kept_dtypes) == {torch.float32}, kwargs
+        torch.testing.assert_close(kept, fp32[1], rtol=1e-6, atol=1e-7)
 
 
 def _spy(monkeypatch) -> list[int]:

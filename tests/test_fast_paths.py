@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from tests.helpers import calls_of
 from warpgrad import MetaLearner, WarpedModel, conv4, make_learner, tune_allocator
+from warpgrad._scope import Scope
 from warpgrad.algorithms import Leap, WarpGrad
 from warpgrad.engine import InnerSGD
 from warpgrad.engine.adapt import adapt
@@ -205,10 +206,12 @@ def test_bf16_precision_approximates_fp32_and_still_learns():
 
 
 @pytest.mark.parametrize("variant", ["first-order", "exact"])
-def test_bf16_keeps_the_warpgrad_step_in_float32(variant):
+def test_bf16_keeps_the_warpgrad_step_in_float32(variant, monkeypatch):
     """Under bf16 the one step at θ_k runs in float32: on glyph batches bf16 rounding in
     that step alone turns the meta-gradient's cosine with the float64 one from ~0.97 to
-    ~0.6 (0.69 and a 79% error at the multi-shot protocol's shapes)."""
+    ~0.6 (0.69 and a 79% error at the multi-shot protocol's shapes). The exact
+    meta-gradient's backward through the step runs in bf16 (``meta_backward_in_bf16``) and
+    is as accurate as a float32 one."""
     import contextlib
 
     from warpgrad.data import AlphabetTasks, load_glyphs
@@ -222,6 +225,16 @@ def test_bf16_keeps_the_warpgrad_step_in_float32(variant):
     half = copy.deepcopy(reference)
     half.precision = "bf16"
     kept = _meta_gradient(half, variant, *inner, *metas[0])
+    if variant == "exact":  # the meta-gradient's backward through the step ran in bf16
+        monkeypatch.setattr(_conv, "META_BACKWARD_BF16", Scope())  # never open: float32
+        float32_backward = _meta_gradient(half, variant, *inner, *metas[0])
+        monkeypatch.undo()
+        assert not torch.equal(kept, float32_backward)
+
+        def error(g):
+            return ((g - truth).norm() / truth.norm()).item()
+
+        assert error(kept) < 1.05 * error(float32_backward) + 1e-3
     half.full_precision = contextlib.nullcontext  # what bf16 everywhere would give
     rounded = _meta_gradient(half, variant, *inner, *metas[0])
     assert F.cosine_similarity(kept, truth, dim=0) > 0.93

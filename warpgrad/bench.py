@@ -475,11 +475,13 @@ def _bare_forward(theta: list[Tensor], warps: list[Tensor], x: Tensor,
     from warpgrad.models._conv_block import channels_last_applies
     from warpgrad.models._norm import channels_last_batch_norm, is_nhwc
     from warpgrad.models._pool import max_pool2d
+    from warpgrad.models._second_order import meta_backward_in_bf16
     from warpgrad.models.warped import to_channels_last
 
     h = x
-    with torch.autocast(x.device.type, dtype=torch.bfloat16,
-                        enabled=_SWITCHES["precision"] == "bf16" and not full_precision):
+    bf16 = _SWITCHES["precision"] == "bf16"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16 and not full_precision
+                        ), meta_backward_in_bf16() if bf16 and full_precision else nullcontext():
         for i in range(4):
             w, b, gamma, beta = theta[4 * i: 4 * i + 4]
             if _SWITCHES["channels_last"] or channels_last_applies(h):

@@ -24,6 +24,10 @@ functions cost more than they save: ~0.25 ms a convolution, 3-4% of a first-orde
 adaptation step), and where the library's CPU fast paths apply: plain autograd and
 ``torch.func.grad`` on the CPU, outside ``torch.compile``. Elsewhere (first-order passes,
 ``vmap``, compiled graphs, GPUs) it is ``F.conv2d``.
+
+Under a bf16 model WarpGrad's step runs in float32 (``WarpedModel.full_precision``), and a
+convolution recorded there runs the meta-gradient's backward through it in bfloat16, the
+step's own gradient in float32 (:func:`~warpgrad.models._second_order.meta_backward_in_bf16`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from warpgrad._autograd import Function
-from warpgrad.models._second_order import SECOND_ORDER
+from warpgrad.models._second_order import META_BACKWARD_BF16, SECOND_ORDER, meta_backward_now
 from warpgrad.models._transforms import eager_cpu
 
 ENABLED = True
@@ -90,6 +94,7 @@ class _Conv2d(Function):
         x, weight, bias, *ctx.conv = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        ctx.meta_bf16 = bool(META_BACKWARD_BF16) and x.dtype == torch.float32
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -99,8 +104,13 @@ class _Conv2d(Function):
         x, weight = ctx.saved_tensors
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         mask = (needs_x, needs_weight, ctx.has_bias and needs_bias)
-        gx, gw, gb = _Conv2dBackward.apply(grad, x, weight, mask, *ctx.conv)
-        return gx, gw, gb, None, None, None, None
+        if ctx.meta_bf16 and meta_backward_now():
+            grads = _in_bf16(torch.ops.aten.convolution_backward, grad, x, weight,
+                             [weight.shape[0]] if mask[2] else None, *ctx.conv[:3], False,
+                             [0, 0], ctx.conv[3], list(mask))
+        else:
+            grads = _Conv2dBackward.apply(grad, x, weight, mask, ctx.meta_bf16, *ctx.conv)
+        return *grads, None, None, None, None
 
 
 class _Conv2dBackward(Function):
@@ -109,7 +119,7 @@ class _Conv2dBackward(Function):
 
     @staticmethod
     def forward(grad: Tensor, x: Tensor, weight: Tensor, mask: tuple[bool, bool, bool],
-                stride: _Pair, padding: _Pair, dilation: _Pair, groups: int
+                meta_bf16: bool, stride: _Pair, padding: _Pair, dilation: _Pair, groups: int
                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         bias_sizes = [weight.shape[0]] if mask[2] else None
         return tuple(torch.ops.aten.convolution_backward(
@@ -118,7 +128,7 @@ class _Conv2dBackward(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        grad, x, weight, _, *ctx.conv = inputs
+        grad, x, weight, _, ctx.meta_bf16, *ctx.conv = inputs
         _, needs_x, needs_weight = ctx.needs_input_grad[:3]
         # the upstream gradient only serves x's and the weight's terms: for the first layer
         # at a constant θ (neither needs one) it would be an activation kept for nothing
@@ -130,6 +140,9 @@ class _Conv2dBackward(Function):
     def backward(ctx, gg_x: Tensor | None, gg_weight: Tensor | None, gg_bias: Tensor | None):
         grad, x, weight = ctx.saved_tensors
         with torch.autocast(x.device.type, enabled=False):  # in the saved tensors' dtype
+            if ctx.meta_bf16 and meta_backward_now():
+                return _in_bf16(_Conv2dBackward._backward, ctx, grad, x, weight, gg_x,
+                                gg_weight, gg_bias)
             return _Conv2dBackward._backward(ctx, grad, x, weight, gg_x, gg_weight, gg_bias)
 
     @staticmethod
@@ -156,4 +169,14 @@ class _Conv2dBackward(Function):
             d_weight = torch.ops.aten.convolution_backward(
                 grad, gg_x, weight, None, stride, padding, dilation, False, [0, 0], groups,
                 [False, True, False])[1]
-        return d_grad, d_x, d_weight, None, None, None, None, None
+        return d_grad, d_x, d_weight, None, None, None, None, None, None
+
+
+def _in_bf16(fn, *args):
+    """``fn`` on ``args`` with their float32 tensors in bfloat16, its tensors back in
+    float32 (the dtype autograd expects of the gradients)."""
+    def low(a):
+        return a.to(torch.bfloat16) if isinstance(a, Tensor) and a.dtype == torch.float32 else a
+
+    out = fn(*(low(a) for a in args))
+    return tuple(t.float() if isinstance(t, Tensor) else t for t in out)

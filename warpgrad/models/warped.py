@@ -9,7 +9,7 @@ which the meta-optimiser updates in place.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from warpgrad.models._second_order import meta_backward_in_bf16
 from warpgrad.models._transforms import in_any_transform
 
 Precision = Literal["fp32", "bf16"]
@@ -241,10 +242,15 @@ class WarpedModel(nn.Module):
         dimension, and channels-last cannot be set on the 4-D view of a 5-D tensor."""
         return self._switched("channels_last", False)
 
-    def full_precision(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
         """Inside the block the forward runs in float32 even with ``precision="bf16"``: for
-        passes whose rounding the result cannot absorb (WarpGrad's one step at θ_k)."""
-        return self._switched("precision", "fp32")
+        passes whose rounding the result cannot absorb (WarpGrad's one step at θ_k). The
+        backward through the pass that builds no graph (the meta-gradient's) still runs its
+        convolutions in bf16 under a bf16 model (``_second_order.meta_backward_in_bf16``)."""
+        scope = meta_backward_in_bf16() if self.precision == "bf16" else nullcontext()
+        with scope, self._switched("precision", "fp32"):
+            yield
 
     def eager(self) -> AbstractContextManager[None]:
         """Inside the block the forward runs eagerly even with ``compile=True``: for passes
