@@ -43,12 +43,13 @@ def meta_backward_in_bf16() -> Scope:
     pass, in bfloat16; a backward inside the block or one that builds a graph, such as the
     step's own gradient, stays float32 (:func:`meta_backward_now`).
 
-    The bf16 rounding of the inner gradient is what breaks the meta-gradient (a 79% error at
-    the multi-shot protocol), so that gradient stays float32. The meta-gradient's backward
-    carries the gradient of the loss after the step, which the bf16 passes have already
-    rounded: in bf16 it leaves the error against float64 where it was (relative error 0.2089
-    against 0.2090, cosine 0.9785 both, Conv4-64 on a glyph batch of 128) and takes 11% off
-    an exact point (BENCHMARKS.md)."""
+    Rounding the step to bf16 is what breaks the meta-gradient (a 79% error at the
+    multi-shot protocol with the whole step in bf16; up to 26% more error at θ_0 with only
+    its gradient's convolutions in bf16), so the step stays float32. The meta-gradient's
+    backward carries the gradient of the loss after the step, which the bf16 passes have
+    already rounded: in bf16 it leaves the error against float64 where it was (relative
+    error 0.2089 against 0.2090 with Conv4-64 on a glyph batch of 128, within 2e-4 at nine
+    points of three tasks) and takes 11-13% off an exact point (BENCHMARKS.md)."""
     return META_BACKWARD_BF16
 
 
