@@ -104,10 +104,8 @@ class _Conv2d(Function):
         x, weight = ctx.saved_tensors
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         mask = (needs_x, needs_weight, ctx.has_bias and needs_bias)
-        if ctx.meta_bf16 and meta_backward_now():
-            grads = _in_bf16(torch.ops.aten.convolution_backward, grad, x, weight,
-                             [weight.shape[0]] if mask[2] else None, *ctx.conv[:3], False,
-                             [0, 0], ctx.conv[3], list(mask))
+        if ctx.meta_bf16 and meta_backward_now():  # no graph: the kernel, not the function
+            grads = _in_bf16(_Conv2dBackward.forward, grad, x, weight, mask, True, *ctx.conv)
         else:
             grads = _Conv2dBackward.apply(grad, x, weight, mask, ctx.meta_bf16, *ctx.conv)
         return *grads, None, None, None, None
