@@ -142,10 +142,12 @@ def test_maml_memory_grows_with_k(small):
     assert saved == sorted(saved) and len(set(saved)) == len(saved)
     # activations are kept per step: roughly linear in K
     assert saved[-1] > 0.5 * saved[0] * int(ks[-1]) / int(ks[0])
-    assert cases["maml"][ks[-1]]["peak_growth_mb"] > cases["maml"][ks[0]]["peak_growth_mb"]
-    # what tensors hold at the peak grows too; a WarpGrad online step does not keep anything
+    # what tensors hold at the peak grows too, about linearly in K; a WarpGrad online step
+    # does not keep anything. (Not the peak RSS: at this scale it moves by tenths of a MB,
+    # 0.2 / 0.4 / 0.3 MB at K = 2 / 5 / 10 in one run, the allocator's noise.)
     live = {m: [cases[m][k]["live_peak_mb"] for k in ks] for m in ("maml", "warpgrad-online")}
-    assert live["maml"][-1] > 2 * live["maml"][0] > 0
+    assert live["maml"] == sorted(live["maml"])
+    assert live["maml"][-1] > 0.5 * live["maml"][0] * int(ks[-1]) / int(ks[0]) > 0
     assert 0 < live["warpgrad-online"][-1] < 1.5 * live["warpgrad-online"][0]
     targets = {t["target"]: t for t in results["targets"]}
     judged = targets[f"WarpGrad online live tensors' peak growth K={ks[-1]} / K={ks[0]}"]
