@@ -19,12 +19,12 @@ def _problem():
     def f(t: torch.Tensor) -> torch.Tensor:  # closes over w: a meta-parameter
         return torch.tanh(data @ (w @ t)).pow(2).sum() + t.pow(3).sum()
 
-    return f, w, x, data
+    return f, w, x
 
 
 @pytest.mark.parametrize("ours", [func_grad, _grad_at_new_level])
 def test_gradient_and_its_derivatives_equal_torch_func_grad(ours):
-    f, w, x, _ = _problem()
+    f, w, x = _problem()
     results = []
     for impl in (ours, lambda f, x: torch.func.grad(f)(x)):
         g = impl(f, x)
@@ -36,10 +36,11 @@ def test_gradient_and_its_derivatives_equal_torch_func_grad(ours):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     g, dw, dx = results[0]
     assert dw.abs().sum() > 0 and dx.abs().sum() > 0  # both second-order terms exist
-    # against an independent reference: the gradient of the sum of 3 t² terms at x
+    # against an independent reference: a central difference of f along x's first entry
+    step = torch.zeros_like(x)
+    step[0] = 1e-6
     with torch.no_grad():
-        reference = (f(x + 1e-6 * torch.eye(3, dtype=x.dtype)[0]) - f(x - 1e-6 * torch.eye(
-            3, dtype=x.dtype)[0])) / 2e-6
+        reference = (f(x + step) - f(x - step)) / 2e-6
     assert abs(g[0].item() - reference.item()) < 1e-6
 
 

@@ -54,7 +54,7 @@ def test_steps_and_state_match_torch_optim(ours, theirs, kwargs):
 
 
 def test_meta_learners_never_import_torch_dynamo():
-    """The optimisers here, and the exact objective's inner gradient (warpgrad._autograd.grad,
+    """The optimisers here, and the exact objective's inner gradient (warpgrad._autograd.func_grad,
     not torch.func.grad) keep torch._dynamo out of a run that does not compile."""
     code = """
 import sys
