@@ -22,6 +22,13 @@ Run it as ``warpgrad bench [--scale full|small] [--out DIR]`` or
    rung's speed-up.
 7. ``online``: Warp-Leap with the online objective, a fresh step per point versus the
    adaptation's own step (``WarpGrad(share_step=True)``, the paper's Algorithm 1).
+8. ``training`` (only when named): real meta-iterations over the whole meta-batch, tasks
+   one by one or in parallel.
+9. ``host_ops``: the operators dispatched from the host per adaptation step or buffer point.
+10. ``convolutions``: the convolutions of the Warp-Leap meta-iteration (exact and
+    first-order) alone, every call replayed on its own (:mod:`warpgrad._conv_calls`):
+    seconds, GFLOP, GFLOP/s, and the meta-iteration's time over theirs. On a machine where
+    convolutions dominate, the floor under any time target.
 
 Every measured case runs in a fresh process (a forkserver child), so neither its time nor its
 peak memory is contaminated by another case. Memory is the process's peak resident set size
@@ -37,6 +44,7 @@ import os
 import platform
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -426,6 +434,40 @@ def case_host_ops(scale: Scale, mode: str) -> dict[str, float]:
             "scalar_reads": counted.reads}
 
 
+def convolution_calls(scale: Scale, method: str, steps: int) -> Counter:
+    """The convolution calls (:mod:`warpgrad._conv_calls`) of one task's meta-iteration of
+    ``method`` with K = ``steps``, run eagerly (a compiled graph or a CUDA graph replay hides
+    its calls): the same convolutions, layouts and dtypes as the scale's switches give."""
+    from warpgrad._conv_calls import record_convolutions
+
+    _SWITCHES.update(compile=False, cuda_graphs=False)
+    tasks = _tasks(scale, scale.batch_size, 1)
+    learner = _learner(method, _model(scale.filters, not _plain(method)), steps)
+    return record_convolutions(lambda: learner.meta_step(tasks))
+
+
+def case_convolutions(scale: Scale, method: str) -> dict[str, float]:
+    """Figure 10: the meta-iteration's convolutions alone, replayed call by call
+    (:func:`warpgrad._conv_calls.replay`), for the whole meta-batch. Every adaptation step
+    adds one step and one buffer point of the same shapes, so the calls of K steps are
+    those of K = 1 plus K - 1 times what K = 2 adds (recorded at K = 1 and 2), and every
+    task of the meta-batch makes the same calls as the first."""
+    from warpgrad._conv_calls import replay
+
+    one, two = (convolution_calls(scale, method, k) for k in (1, 2))
+    calls = Counter()
+    for call in one.keys() | two.keys():
+        count = one[call] + (scale.steps - 1) * (two[call] - one[call])
+        if count < 0:
+            raise RuntimeError(f"{method}: a convolution call is made fewer times at K = 2 "
+                               "than at K = 1; the calls are not linear in K")
+        calls[call] = count * scale.meta_batch
+    r = replay(+calls, _SWITCHES["device"])
+    return {"seconds": r.seconds, "gflop": r.flops / 1e9,
+            "gflop_per_s": r.flops / 1e9 / r.seconds if r.seconds else 0.0,
+            "calls": r.calls, "distinct": r.distinct}
+
+
 def case_training(scale: Scale, variant: str, mode: str) -> dict[str, float]:
     """Figure 8: one real Warp-Leap meta-iteration over the whole meta-batch (nothing
     extrapolated) in one of :data:`TRAINING_MODES` (seconds, MB)."""
@@ -558,6 +600,7 @@ CASES: dict[str, Callable[..., dict[str, float]]] = {
     "bare": case_bare,
     "training": case_training,
     "host_ops": case_host_ops,
+    "convolutions": case_convolutions,
 }
 
 
@@ -612,7 +655,8 @@ class Suite:
     """Which figures to run (all by default) and where progress goes."""
 
     sections: tuple[str, ...] = ("meta_iteration", "overhead", "memory_vs_steps", "warped_step",
-                                 "batched_objective", "switches", "online", "host_ops")
+                                 "batched_objective", "switches", "online", "host_ops",
+                                 "convolutions")
     log: Callable[[str], None] = field(default=lambda s: None)
 
 
@@ -716,6 +760,18 @@ def run_suite(scale: Scale, suite: Suite | None = None) -> dict[str, Any]:
             host_ops[mode] = run_case("host_ops", scale, mode)
             log(f"  {host_ops[mode]['per_step_or_point']:.1f} per step or point")
         results["host_ops"] = host_ops
+    if "convolutions" in wanted:
+        floor = {}
+        for method in META_METHODS[:2]:
+            log(f"convolutions alone {method} ...")
+            r = run_case("convolutions", scale, method)
+            if method in meta:  # measured in this run: how far above its convolutions it is
+                r["meta_iteration_seconds"] = meta[method]["seconds"]
+                r["ratio"] = meta[method]["seconds"] / r["seconds"]
+            floor[method] = r
+            log(f"  {r['seconds']:.1f} s, {r['gflop']:.0f} GFLOP at {r['gflop_per_s']:.0f} "
+                "GFLOP/s")
+        results["convolutions"] = floor
     if "switches" in wanted:
         results["switches"] = _switches(scale, log)
     if "online" in wanted:
@@ -799,6 +855,12 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if method in meta and not gpu:  # the time targets are for the 2-core CPU
             s = meta[method]["seconds"]
             add(f"{method} meta-iteration seconds", s, f"<= {limit:g} s (original 742 s)",
+                s <= limit if full else None)
+        floor = results.get("convolutions", {}).get(method)
+        if floor is not None and not gpu:  # can the target be met at all on this machine?
+            s = floor["seconds"]
+            add(f"{method} convolutions alone, seconds (a floor under the meta-iteration)", s,
+                f"<= {limit:g} s, or the target is out of this machine's reach",
                 s <= limit if full else None)
         if method in meta and gpu:
             hours = meta[method]["seconds"] * 1000 / 3600
@@ -902,6 +964,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     "ops"))
         out.append(("scalar reads per meta-iteration", mode, f"{r['scalar_reads']:d}",
                     "reads"))
+    for method, r in results.get("convolutions", {}).items():
+        out.append(("convolutions alone", method, f"{r['seconds']:.2f} *", "s"))
+        out.append(("convolutions alone", f"{method}: work", f"{r['gflop']:.1f} *", "GFLOP"))
+        out.append(("convolutions alone", f"{method}: throughput", f"{r['gflop_per_s']:.0f}",
+                    "GFLOP/s"))
+        if "ratio" in r:
+            out.append(("meta-iteration / convolutions alone", method, f"{r['ratio']:.3f}",
+                        "x"))
     for variant, r in results.get("batched_objective", {}).items():
         n = r["points"]
         out.append(("objective per point", f"{variant} one at a time",
@@ -946,6 +1016,11 @@ def markdown(results: dict[str, Any]) -> str:
     if "online" in results:
         lines += ["", "Online objective (\\*): one task measured per case, seconds x the "
                   "meta-batch."]
+    if "convolutions" in results:
+        lines += ["", "Convolutions alone (\\*): every convolution call of the meta-iteration "
+                  "(forward, input and weight gradients; recorded at K = 1 and 2, counted for "
+                  "K steps and the whole meta-batch) replayed alone on fresh tensors of the "
+                  "same layout: the arithmetic floor of the time targets on this machine."]
     if results.get("targets"):
         lines += ["", "| target | value | limit | met |", "|---|---|---|---|"]
         for t in results["targets"]:

@@ -218,9 +218,9 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
 @click.option("--tasks", type=click.IntRange(min=1),
               help="tasks of the meta-batch actually run (default: 1 at full scale, all at small)")
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
-              "memory_vs_steps, warped_step, batched_objective, switches, online, host_ops "
-              "(default: all of these), training (only when named: whole meta-batches, tasks "
-              "one by one or in parallel)")
+              "memory_vs_steps, warped_step, batched_objective, switches, online, host_ops, "
+              "convolutions (default: all of these), training (only when named: whole "
+              "meta-batches, tasks one by one or in parallel)")
 @click.option("--channels-last/--no-channels-last", default=False, show_default=True,
               help="Conv4 on channels-last (NHWC) data")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
