@@ -142,6 +142,18 @@ def test_convolutions_alone_count_every_task_and_step(small):
     assert floors["warp-leap-exact"]["gflop"] > 1.5 * floors["warp-leap-first-order"]["gflop"]
 
 
+def test_convolutions_are_recorded_eagerly_and_the_switches_restored(monkeypatch):
+    """The recording runs eagerly (a compiled graph would hide its convolutions from a
+    dispatch mode): the same calls under the compile switch, which it leaves as it was."""
+    scale = bench.SCALES["small"]
+    monkeypatch.setitem(bench._SWITCHES, "compile", False)
+    eager = bench.convolution_calls(scale, "warp-leap-first-order", 1)
+    monkeypatch.setitem(bench._SWITCHES, "compile", True)
+    calls = bench.convolution_calls(scale, "warp-leap-first-order", 1)
+    assert bench._SWITCHES["compile"] is True
+    assert calls == eager and sum(calls.values()) > 0
+
+
 def test_host_operators_fall_with_graphs_and_with_batches_drawn_ahead(small):
     """Figure 9: counted operators, so exact, not timed. Graphed passes stand in for the
     model's forward and backward; drawing batches ahead removes most of the 60-odd operators

@@ -440,10 +440,14 @@ def convolution_calls(scale: Scale, method: str, steps: int) -> Counter:
     its calls): the same convolutions, layouts and dtypes as the scale's switches give."""
     from warpgrad._conv_calls import record_convolutions
 
+    saved = dict(_SWITCHES)
     _SWITCHES.update(compile=False, cuda_graphs=False)
-    tasks = _tasks(scale, scale.batch_size, 1)
-    learner = _learner(method, _model(scale.filters, not _plain(method)), steps)
-    return record_convolutions(lambda: learner.meta_step(tasks))
+    try:
+        tasks = _tasks(scale, scale.batch_size, 1)
+        learner = _learner(method, _model(scale.filters, not _plain(method)), steps)
+        return record_convolutions(lambda: learner.meta_step(tasks))
+    finally:
+        _SWITCHES.update(saved)
 
 
 def case_convolutions(scale: Scale, method: str) -> dict[str, float]:
