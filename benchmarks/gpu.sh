@@ -12,7 +12,8 @@
 #   4. a profile of one task's first-order meta-iteration, with CUDA graphs and eager
 #      (benchmarks/profile_gpu.py: how busy the GPU is, what the host does meanwhile);
 #   5. figure 8 with cuDNN's benchmark mode (it times its convolution algorithms per shape);
-#   6. figures 1, 4 and 5 with CUDA graphs;
+#   6. figures 1, 4 and 5 with CUDA graphs, and figure 10 (the meta-iteration's convolutions
+#      alone, replayed call by call on cuDNN: the floor under the one-hour goal);
 #   7. the eager figures 1, 2, 4 and 5, then figure 8 eager.
 # GPU_STAGES (comma-separated: info, glyphs, tests, graphs-training, compile-graphs-training,
 # profile, cudnn-training, graphs, eager, training; and, only when named, compile (figures
@@ -87,7 +88,7 @@ profile="python3 benchmarks/profile_gpu.py --scale ${GPU_SCALE:-full} --device $
 want profile && stage profile 150 bash -c "$profile --cuda-graphs --out $out/profile-graphs.txt \
   && $profile --out $out/profile-eager.txt"
 want cudnn-training && stage cudnn-training 150 bash -c 'bench "$@"' _ cudnn-training 0 1 training 1
-want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective
+want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective,convolutions
 want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
 want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training
 want compile && stage compile 200 bash -c 'bench "$@"' _ compile 1 0 overhead

@@ -142,6 +142,18 @@ def test_convolutions_alone_count_every_task_and_step(small):
     assert floors["warp-leap-exact"]["gflop"] > 1.5 * floors["warp-leap-first-order"]["gflop"]
 
 
+def test_a_cpu_time_target_under_its_convolutions_is_judged_out_of_reach():
+    results = {"scale": {"name": "full", "device": "cpu"}, "convolutions": {
+        "warp-leap-exact": {"seconds": 522.0}, "warp-leap-first-order": {"seconds": 323.0}}}
+    targets = {t["target"]: t for t in bench.check_targets(results)}
+    exact = targets["warp-leap-exact convolutions alone, seconds (a floor under the "
+                    "meta-iteration)"]
+    first_order = targets["warp-leap-first-order convolutions alone, seconds (a floor under "
+                          "the meta-iteration)"]
+    assert exact["met"] is False and exact["limit"].startswith("<= 500 s")
+    assert first_order["met"] is True and first_order["value"] == 323.0
+
+
 def test_convolutions_are_recorded_eagerly_and_the_switches_restored(monkeypatch):
     """The recording runs eagerly (a compiled graph would hide its convolutions from a
     dispatch mode): the same calls under the compile switch, which it leaves as it was."""
@@ -368,6 +380,13 @@ def test_gpu_results_report_device_memory_and_the_one_hour_goal(monkeypatch):
     hours = targets["warp-leap-first-order: 1,000 meta-iterations, hours"]
     assert hours["value"] == pytest.approx(0.1 * 20 * 1000 / 3600) and hours["met"] is True
     assert "warp-leap-exact meta-iteration seconds" not in targets  # a CPU target
+    # the convolutions alone (figure 10) bound the goal from below on that GPU
+    results["convolutions"] = {m: {"seconds": 4.5, "gflop": 7e4, "gflop_per_s": 1.6e4,
+                                   "calls": 10, "distinct": 2} for m in bench.META_METHODS[:2]}
+    floors = {t["target"]: t for t in bench.check_targets(results)}
+    floor = floors["warp-leap-exact: convolutions alone of 1,000 meta-iterations, hours (a floor)"]
+    assert floor["value"] == pytest.approx(4.5 * 1000 / 3600) and floor["met"] is False
+    assert not any(t.startswith("warp-leap-exact convolutions alone, seconds") for t in floors)
     text = bench.markdown(results)
     assert "GPU: Test GPU 80GB" in text
     assert "| meta-iteration peak GPU memory | warp-leap-exact |" in text

@@ -866,6 +866,11 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"{method} convolutions alone, seconds (a floor under the meta-iteration)", s,
                 f"<= {limit:g} s, or the target is out of this machine's reach",
                 s <= limit if full else None)
+        if floor is not None and gpu:
+            hours = floor["seconds"] * 1000 / 3600
+            add(f"{method}: convolutions alone of 1,000 meta-iterations, hours (a floor)",
+                hours, "<= 1 h, or the goal is out of this GPU's reach",
+                hours <= 1 if full else None)
         if method in meta and gpu:
             hours = meta[method]["seconds"] * 1000 / 3600
             add(f"{method}: 1,000 meta-iterations, hours", hours, "<= 1 h on one GPU",
