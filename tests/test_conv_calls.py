@@ -58,14 +58,16 @@ def test_flops_of_a_meta_iteration_are_what_the_flop_counter_counts(method):
     if method == "warp-leap-exact":
         # the step's second derivative, taken under torch.func.grad, is seen: more backward
         # convolutions than the first-order objective makes
-        first_order = record_convolutions(_learner_step("warp-leap-first-order", 2))
+        first_order = bench.convolution_calls(bench.SCALES["small"], "warp-leap-first-order", 2)
         assert sum(n for c, n in calls.items() if c.backward) > sum(
             n for c, n in first_order.items() if c.backward)
 
 
 @pytest.mark.parametrize("method", ["warp-leap-first-order", "warp-leap-exact", "leap"])
 def test_calls_grow_linearly_in_the_adaptation_length(method):
-    one, two, three = (record_convolutions(_learner_step(method, k)) for k in (1, 2, 3))
+    # what the bench's figure records and extrapolates from K = 1 and 2
+    one, two, three = (bench.convolution_calls(bench.SCALES["small"], method, k)
+                       for k in (1, 2, 3))
     for call in one.keys() | two.keys() | three.keys():
         assert three[call] == one[call] + 2 * (two[call] - one[call]), call
 
