@@ -4,21 +4,22 @@
 # Stages, most important first, each capped so that the whole stays inside GPU_BUDGET_S
 # (default 500 s) and a stage that runs long costs only itself:
 #   1. the CUDA tests (tests/test_cuda.py: GPU meta-steps equal the CPU's, CUDA graphs,
-#      compile, the bench);
-#   2. figure 8 with CUDA graphs: real meta-iterations over the whole meta-batch (tasks one
-#      by one, in parallel, points batched), the 1,000-iterations-in-an-hour question;
-#   3. figure 8's tasks-one-by-one rows (first-order, exact) with torch.compile's fused
-#      kernels inside the CUDA graphs (fewer, larger kernels per replay), printed to all.log;
+#      the bench);
+#   2. figure 8 on the accelerator with CUDA graphs: real meta-iterations over the whole
+#      meta-batch (one point per update, points batched), the 1,000-iterations-in-an-hour
+#      question;
+#   3. figure 8's one-point-per-update rows (first-order, exact) on the reference core (no
+#      warpgrad.accel.convert: what the accelerator gives on this GPU), printed to all.log;
 #   4. a profile of one task's first-order meta-iteration, with CUDA graphs and eager
 #      (benchmarks/profile_gpu.py: how busy the GPU is, what the host does meanwhile);
 #   5. figure 8 with cuDNN's benchmark mode (it times its convolution algorithms per shape);
 #   6. figures 1, 4 and 5 with CUDA graphs, and figure 10 (the meta-iteration's convolutions
 #      alone, replayed call by call on cuDNN: the floor under the one-hour goal);
 #   7. the eager figures 1, 2, 4 and 5, then figure 8 eager.
-# GPU_STAGES (comma-separated: info, glyphs, tests, graphs-training, compile-graphs-training,
-# profile, cudnn-training, graphs, eager, training; and, only when named, compile (figures
-# 1 and 2 with torch.compile) and host-ops (figure 9 counted on the GPU): a ninth file would
-# not come back) picks stages, e.g. for a second call on what the first left undone;
+# GPU_STAGES (comma-separated: info, glyphs, tests, graphs-training, reference-training,
+# profile, cudnn-training, graphs, eager, training; and, only when named, reference (figures
+# 1 and 2 on the reference core) and host-ops (figure 9 counted on the GPU): a ninth file
+# would not come back) picks stages, e.g. for a second call on what the first left undone;
 # GPU_TESTS is a pytest -k expression for the tests stage.
 # Needs only torch, numpy, matplotlib, tqdm and pytest (the lent machines' python3 has them).
 # GPU_SCALE=small GPU_DEVICE=cpu OUT=/tmp/g bash benchmarks/gpu.sh rehearses it here.
@@ -43,15 +44,15 @@ stage() {  # stage NAME CAP_S COMMAND...: run COMMAND for at most CAP_S (less if
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s" | tee -a "$log"
 }
 
-bench() {  # bench NAME COMPILE GRAPHS SECTIONS [CUDNN]: the suite on the GPU; JSON to $out
+bench() {  # bench NAME REFERENCE GRAPHS SECTIONS [CUDNN]: the suite on the GPU; JSON to $out
   # -c, not a here-document: the bench's forkserver children re-import __main__ by its path
   python3 -c '
 import os, shutil, sys, tempfile
 from warpgrad.bench import main
-name, compiled, graphs, sections, cudnn, out = sys.argv[1:]
+name, reference, graphs, sections, cudnn, out = sys.argv[1:]
 tmp = tempfile.mkdtemp()
 main(os.environ.get("GPU_SCALE", "full"), tmp, device=os.environ.get("GPU_DEVICE", "cuda"),
-     compile_forward=compiled == "1", cuda_graphs=graphs == "1", cudnn_benchmark=cudnn == "1",
+     reference=reference == "1", cuda_graphs=graphs == "1", cudnn_benchmark=cudnn == "1",
      sections=tuple(sections.split(",")))
 shutil.copy(f"{tmp}/bench.json", f"{out}/bench-{name}.json")
 ' "$1" "$2" "$3" "$4" "${5:-0}" "$out"
@@ -59,21 +60,21 @@ shutil.copy(f"{tmp}/bench.json", f"{out}/bench-{name}.json")
 export -f bench
 export out
 
-compiled_training() {  # figure 8, tasks one by one, compile + CUDA graphs: JSON lines in the log
+reference_training() {  # figure 8, one point per update, reference core: JSON lines in the log
   python3 -c '
 import dataclasses, json, os
 from warpgrad.bench import SCALES, run_case
-scale = dataclasses.replace(SCALES[os.environ.get("GPU_SCALE", "full")], compile=True,
-                            cuda_graphs=True, device=os.environ.get("GPU_DEVICE", "cuda"))
+scale = dataclasses.replace(SCALES[os.environ.get("GPU_SCALE", "full")], reference=True,
+                            device=os.environ.get("GPU_DEVICE", "cuda"))
 for variant in ("first-order", "exact"):
-    result = run_case("training", scale, variant, "tasks one by one")
-    print(json.dumps({"figure": "training, compile + cuda graphs", "variant": variant,
+    result = run_case("training", scale, variant, "one point per update")
+    print(json.dumps({"figure": "training, reference core", "variant": variant,
                       **result}), flush=True)
 '
 }
-export -f compiled_training
+export -f reference_training
 
-stages=",${GPU_STAGES:-info,glyphs,tests,graphs-training,compile-graphs-training,profile,cudnn-training,graphs,eager,training},"
+stages=",${GPU_STAGES:-info,glyphs,tests,graphs-training,reference-training,profile,cudnn-training,graphs,eager,training},"
 want() { [[ $stages == *",$1,"* ]]; }
 figures=meta_iteration,overhead,warped_step,batched_objective
 want info && stage info 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -83,7 +84,7 @@ want glyphs && stage glyphs 60 python3 -c "from warpgrad.data import load_glyphs
 want tests && stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   -k "${GPU_TESTS:-}"
 want graphs-training && stage graphs-training 150 bash -c 'bench "$@"' _ graphs-training 0 1 training
-want compile-graphs-training && stage compile-graphs-training 180 bash -c compiled_training
+want reference-training && stage reference-training 180 bash -c reference_training
 profile="python3 benchmarks/profile_gpu.py --scale ${GPU_SCALE:-full} --device ${GPU_DEVICE:-cuda}"
 want profile && stage profile 150 bash -c "$profile --cuda-graphs --out $out/profile-graphs.txt \
   && $profile --out $out/profile-eager.txt"
@@ -91,6 +92,6 @@ want cudnn-training && stage cudnn-training 150 bash -c 'bench "$@"' _ cudnn-tra
 want graphs && stage graphs 120 bash -c 'bench "$@"' _ graphs 0 1 meta_iteration,warped_step,batched_objective,convolutions
 want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
 want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training
-want compile && stage compile 200 bash -c 'bench "$@"' _ compile 1 0 overhead
+want reference && stage reference 200 bash -c 'bench "$@"' _ reference 1 0 meta_iteration,overhead
 want host-ops && stage host-ops 120 bash -c 'bench "$@"' _ host-ops 0 0 host_ops
 echo "== done, $((SECONDS))s in all" | tee -a "$log"

@@ -2,12 +2,14 @@
 multi-shot protocol's shapes, on the device the bench would use.
 
     python benchmarks/profile_gpu.py [--device cuda] [--scale full] [--variant first-order]
-                                     [--cuda-graphs] [--out FILE]
+                                     [--cuda-graphs | --reference] [--out FILE]
 
 Prints (and writes to FILE) the wall time, the time the device spent in kernels, their
 ratio (how busy the GPU was), and the top operators by host and by device time. The
 figures of BENCHMARKS.md's GPU section say the GPU is mostly idle under eager PyTorch; this
-says what the host does meanwhile. ``gpu.sh`` runs it as its "profile" stage.
+says what the host does meanwhile. The model is the bench's: Conv4 through
+:func:`warpgrad.accel.convert`, or the reference core with ``--reference``. ``gpu.sh`` runs
+it as its "profile" stage.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from warpgrad import bench
+from warpgrad.bench import common
 
 
 def main() -> None:
@@ -30,31 +33,37 @@ def main() -> None:
     parser.add_argument("--scale", default="full", choices=sorted(bench.SCALES))
     parser.add_argument("--variant", default="first-order", choices=["first-order", "exact"])
     parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument("--reference", action="store_true",
+                        help="the reference core (no warpgrad.accel.convert)")
     parser.add_argument("--steps", type=int, help="K (default: the scale's)")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"device {args.device!r} requested but CUDA is not available here")
+    if args.reference and args.cuda_graphs:
+        parser.error("the reference core has no CUDA graphs")
 
-    scale = replace(bench.SCALES[args.scale], device=args.device, cuda_graphs=args.cuda_graphs)
-    bench._SWITCHES.update({n: getattr(scale, n) for n in bench._SWITCH_NAMES})
+    scale = replace(bench.SCALES[args.scale], device=args.device, cuda_graphs=args.cuda_graphs,
+                    reference=args.reference)
+    common.use_switches(scale)
     steps = args.steps or scale.steps
     method = f"warp-leap-{args.variant}"
-    tasks = bench._tasks(scale, scale.batch_size, 1)
-    bench._warm_up(method, scale.filters, tasks)
-    learner = bench._learner(method, bench._model(scale.filters), steps)
+    tasks = common.build_tasks(scale.batch_size, 1)
+    common.warm_up(method, scale.filters, tasks)
+    learner = common.build_learner(method, common.build_model(scale.filters), steps)
     learner.meta_step(tasks)  # captures graphs (and warms caches) at these shapes
     on_gpu = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    bench._sync()
+    common.sync()
     start = time.perf_counter()
     with profile(activities=activities) as prof:
         learner.meta_step(tasks)
-        bench._sync()
+        common.sync()
     wall = time.perf_counter() - start
     events = prof.key_averages()
     lines = [f"{method}, 1 task, K={steps}, batch {scale.batch_size}, Conv4-{scale.filters}, "
-             f"device {args.device}, CUDA graphs {'on' if args.cuda_graphs else 'off'}",
+             f"device {args.device}, CUDA graphs {'on' if args.cuda_graphs else 'off'}, "
+             f"{'reference core' if args.reference else 'accelerator'}",
              f"wall (profiled): {wall:.3f} s"]
     if on_gpu:
         # kernel rows only: an operator's device time counts its kernels a second time

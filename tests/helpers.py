@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from warpgrad import Task, WarpedModel
+from warpgrad import InnerSGD, Task, WarpedModel, WarpGrad
 
 
 def tiny_warped_mlp(seed: int = 0, warp_activation: bool = True) -> WarpedModel:
@@ -54,3 +55,14 @@ def calls_of(monkeypatch, function: type) -> list[int]:
     monkeypatch.setattr(function, "apply",
                         staticmethod(lambda *args: calls.append(1) or apply(*args)))
     return calls
+
+
+def point_meta_gradient(model: WarpedModel, variant: str, x, y, xm, ym) -> torch.Tensor:
+    """φ's gradient (flat, float64) of WarpGrad's meta-loss at θ_0 of a classifier: one step
+    on ``(x, y)``, the loss after it on ``(xm, ym)``."""
+    objective = WarpGrad(variant)
+    model.zero_grad()
+    theta = model.init_theta().detach()
+    objective.point_loss(model, F.cross_entropy, InnerSGD(model.task_spec, 0.1), theta, None,
+                         (x, y), [(xm, ym)]).backward()
+    return torch.cat([p.grad.flatten() for p in model.warp_parameters().values()]).double()

@@ -2,12 +2,14 @@
 
 No speed target is asserted here: timings depend on the machine. What is checked is the
 structure of the output, that ratios agree with the times they come from, that the bare
-compute is the same network as the library's, and that MAML's memory grows with K.
+compute is the same network as the library's (on the accelerator and on the reference core),
+that MAML's memory grows with K, and that the targets come from ``targets.json``.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 
 import pytest
@@ -15,7 +17,9 @@ import torch
 from click.testing import CliRunner
 
 from warpgrad import bench
+from warpgrad.bench import common, host_ops, targets
 from warpgrad.cli import main
+from warpgrad.engine.backend import REFERENCE
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +103,11 @@ def test_switch_ladder_is_measured_rung_by_rung(small):
         judged = [t for t in results["targets"]
                   if t["target"].startswith(f"warp-leap-{variant} meta-iteration seconds, ")]
         assert len(judged) == 1 and judged[0]["value"] == fastest["seconds"]
-    assert [(s.get("precision", "fp32"), s.get("compile", False))
-            for _, s in bench.SWITCH_LADDER][:4] == [("fp32", False), ("fp32", False),
-                                                     ("bf16", False), ("bf16", True)]
+    # from the reference core up, one switch per rung
+    assert [(s["reference"], s["tune_malloc"], s.get("precision", "fp32"))
+            for _, s in bench.SWITCH_LADDER] == [(True, False, "fp32"), (False, False, "fp32"),
+                                                 (False, True, "fp32"), (False, True, "bf16")]
+    assert labels[0] == "reference core"
 
 
 def test_online_figure_compares_fresh_and_shared_steps(small):
@@ -155,14 +161,15 @@ def test_a_cpu_time_target_under_its_convolutions_is_judged_out_of_reach():
 
 
 def test_convolutions_are_recorded_eagerly_and_the_switches_restored(monkeypatch):
-    """The recording runs eagerly (a compiled graph would hide its convolutions from a
-    dispatch mode): the same calls under the compile switch, which it leaves as it was."""
+    """The recording runs eagerly (a CUDA graph's replay would hide its convolutions from a
+    dispatch mode): the same calls under the CUDA-graphs switch, which it leaves as it
+    was."""
     scale = bench.SCALES["small"]
-    monkeypatch.setitem(bench._SWITCHES, "compile", False)
+    monkeypatch.setitem(bench.SWITCHES, "cuda_graphs", False)
     eager = bench.convolution_calls(scale, "warp-leap-first-order", 1)
-    monkeypatch.setitem(bench._SWITCHES, "compile", True)
+    monkeypatch.setitem(bench.SWITCHES, "cuda_graphs", True)
     calls = bench.convolution_calls(scale, "warp-leap-first-order", 1)
-    assert bench._SWITCHES["compile"] is True
+    assert bench.SWITCHES["cuda_graphs"] is True
     assert calls == eager and sum(calls.values()) > 0
 
 
@@ -244,22 +251,26 @@ def test_json_and_markdown_are_written_and_list_every_case(small):
     assert results["machine"]["cpu"] in text
 
 
-@pytest.mark.parametrize("switches", [{"channels_last": True}, {"channels_last": False},
-                                      {"channels_last": True, "precision": "bf16"}])
+@pytest.mark.parametrize("switches", [{"reference": True}, {"reference": False},
+                                      {"reference": False, "precision": "bf16"}])
 def test_bare_forward_is_the_library_network(switches, monkeypatch):
-    monkeypatch.setattr(bench, "_SWITCHES", {**bench._SWITCHES, **switches})
-    model = bench._model(8, True)
-    assert model.channels_last == switches["channels_last"]
-    assert model.precision == switches.get("precision", "fp32")
+    for name, value in switches.items():
+        monkeypatch.setitem(bench.SWITCHES, name, value)
+    model = common.build_model(8, True)
+    reference = switches["reference"]
+    assert (model.backend is REFERENCE) == reference  # converted unless on the reference core
+    precision = "fp32" if reference else model.backend.precision
+    assert precision == switches.get("precision", "fp32")
     theta = list(model.task_parameters().values())
     warps = list(model.warp_parameters().values())
     x = torch.rand(5, 1, 28, 28)
-    atol = 1e-5 if model.precision == "fp32" else 0.0  # the same bf16 ops: the same rounding
-    assert torch.allclose(bench._bare_forward(theta, warps, x), model(x), atol=atol)
-    with model.full_precision():  # the WarpGrad step's pass: float32 under every switch
-        assert torch.allclose(bench._bare_forward(theta, warps, x, True), model(x), atol=1e-5)
-    plain = bench._model(8, False)
-    assert torch.allclose(bench._bare_forward(list(plain.task_parameters().values()), [], x),
+    atol = 1e-5 if precision == "fp32" else 0.0  # the same bf16 ops: the same rounding
+    assert torch.allclose(bench.bare_forward(theta, warps, x), model(x), atol=atol)
+    # the WarpGrad step's pass: float32 under every switch
+    with nullcontext() if reference else model.backend.full_precision():
+        assert torch.allclose(bench.bare_forward(theta, warps, x, True), model(x), atol=1e-5)
+    plain = common.build_model(8, False)
+    assert torch.allclose(bench.bare_forward(list(plain.task_parameters().values()), [], x),
                           plain(x), atol=atol)
     bench.bare_meta_iteration(1, 2, 4, 4, "exact")  # runs on plain tensors
     bench.bare_meta_iteration(1, 2, 4, 4, "first-order")
@@ -267,7 +278,7 @@ def test_bare_forward_is_the_library_network(switches, monkeypatch):
 
 @pytest.mark.parametrize("buffer,value_bytes", [("memory", 4), ("float16", 2), ("disk", 0)])
 def test_extrapolated_memory_counts_the_buffer_where_it_lives(buffer, value_bytes, monkeypatch):
-    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: {
+    monkeypatch.setattr(common, "run_case", lambda kind, scale, *a: {
         "seconds": 2.0, "peak_rss_mb": 400.0, "peak_growth_mb": 100.0, "num_params": 1000})
     scale = replace(bench.SCALES["full"], measured_tasks=2, buffer=buffer)
     meta = bench.run_suite(scale, bench.Suite(("meta_iteration",)))["meta_iteration"]
@@ -284,7 +295,7 @@ def test_extrapolation_is_labelled_and_scales_per_task(monkeypatch):
             return {"seconds": 1.6, "peak_rss_mb": 300.0, "peak_growth_mb": 10.0}
         return dict(canned)
 
-    monkeypatch.setattr(bench, "run_case", fake)
+    monkeypatch.setattr(common, "run_case", fake)
     scale = replace(bench.SCALES["full"], measured_tasks=2)
     results = bench.run_suite(scale, bench.Suite(("meta_iteration", "overhead")))
     meta = results["meta_iteration"]
@@ -306,7 +317,7 @@ def test_extrapolation_is_labelled_and_scales_per_task(monkeypatch):
 def test_cli_bench_rejects_unknown_figures_and_writes_results(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["bench", "--only", "nonsense"])
     assert result.exit_code == 2 and "unknown figure" in result.output
-    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: {
+    monkeypatch.setattr(common, "run_case", lambda kind, scale, *a: {
         "warped_ms": 3.0, "plain_ms": 2.0})
     result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
                                        str(tmp_path / "b")])
@@ -315,21 +326,30 @@ def test_cli_bench_rejects_unknown_figures_and_writes_results(tmp_path, monkeypa
     saved = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert saved["warped_step"]["ratio"] == pytest.approx(1.5)
     seen = []
-    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: seen.append(scale) or {
+    monkeypatch.setattr(common, "run_case", lambda kind, scale, *a: seen.append(scale) or {
         "warped_ms": 3.0, "plain_ms": 2.0})
     result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
                                        str(tmp_path / "c"), "--precision", "bf16", "--buffer",
-                                       "disk", "--no-channels-last", "--no-tune-malloc"])
+                                       "disk", "--no-tune-malloc"])
     assert result.exit_code == 0, result.output
     assert (seen[0].precision, seen[0].buffer) == ("bf16", "disk")
-    assert seen[0].channels_last is False and seen[0].tune_malloc is False
-    assert seen[0].compile is False and seen[0].device == "cpu"  # the defaults
-    assert "precision bf16, buffer disk" in result.output
+    assert seen[0].tune_malloc is False
+    assert seen[0].reference is False and seen[0].device == "cpu"  # the defaults
+    assert "the accelerator (warpgrad.accel.convert), precision bf16, buffer disk" in (
+        result.output)
     result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
-                                       str(tmp_path / "d"), "--compile"])
-    assert result.exit_code == 0 and seen[-1].compile is True
-    assert "compile on" in result.output
+                                       str(tmp_path / "d"), "--reference"])
+    assert result.exit_code == 0 and seen[-1].reference is True
+    assert "Switches: the reference core, precision fp32" in result.output
     assert seen[0].cudnn_benchmark is False and "cuDNN benchmark off" in result.output
+    for deleted in ("--compile", "--channels-last"):  # features that are gone
+        result = CliRunner().invoke(main, ["bench", "--only", "warped_step", deleted])
+        assert result.exit_code == 2 and "No such option" in result.output
+    # the reference core has neither bf16 nor CUDA graphs
+    for option in (["--precision", "bf16"], ["--cuda-graphs"]):
+        result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--reference",
+                                           *option])
+        assert result.exit_code == 2 and "reference core" in result.output
     result = CliRunner().invoke(main, ["bench", "--only", "warped_step", "--out",
                                        str(tmp_path / "e"), "--cudnn-benchmark"])
     assert result.exit_code == 0 and seen[-1].cudnn_benchmark is True
@@ -339,14 +359,15 @@ def test_cli_bench_rejects_unknown_figures_and_writes_results(tmp_path, monkeypa
 
 
 def test_a_case_runs_under_the_scales_cudnn_switch(monkeypatch):
-    monkeypatch.setattr(bench, "_SWITCHES", dict(bench._SWITCHES))
+    for name, value in bench.SWITCHES.items():  # restored afterwards
+        monkeypatch.setitem(bench.SWITCHES, name, value)
     monkeypatch.setitem(bench.CASES, "probe",
                         lambda scale: {"benchmark": torch.backends.cudnn.benchmark})
     before = torch.backends.cudnn.benchmark
     try:
         for flag in (True, False):
             scale = replace(bench.SCALES["small"], cudnn_benchmark=flag, tune_malloc=False)
-            assert bench._child("probe", scale, ()) == {"benchmark": flag}
+            assert common.child("probe", scale, ()) == {"benchmark": flag}
     finally:
         torch.backends.cudnn.benchmark = before
 
@@ -363,10 +384,10 @@ def test_gpu_results_report_device_memory_and_the_one_hour_goal(monkeypatch):
     """On a GPU the figures carry the device's peak memory (the other tasks' buffer rows
     added there), the CPU time targets give way to the 1,000-iterations-in-an-hour goal, and
     the markdown names the card."""
-    monkeypatch.setattr(bench, "run_case", lambda kind, scale, *a: {
+    monkeypatch.setattr(common, "run_case", lambda kind, scale, *a: {
         "seconds": 0.1, "peak_rss_mb": 900.0, "peak_growth_mb": 50.0, "peak_device_mb": 700.0,
         "num_params": 1000})
-    monkeypatch.setattr(bench, "machine_info", lambda threads, device: {
+    monkeypatch.setattr(common, "machine_info", lambda threads, device: {
         "cpu": "test cpu", "cores": 16, "torch": "2.13", "threads": 16, "python": "3.11",
         "device": device, "gpu": "Test GPU 80GB"})
     scale = replace(bench.SCALES["full"], device="cuda")
@@ -405,8 +426,8 @@ def test_gpu_results_report_device_memory_and_the_one_hour_goal(monkeypatch):
 
 def test_whole_meta_batch_figure_runs_every_mode_and_judges_the_gpu_goal(tmp_path, monkeypatch):
     """Figure 8 (opt-in, "training"): real meta-iterations over the whole meta-batch in each
-    of TRAINING_MODES; the 1,000-iterations-in-an-hour goal is judged on them, on a GPU at
-    full scale only."""
+    of TRAINING_MODES (one point per φ update, points batched); the
+    1,000-iterations-in-an-hour goal is judged on them, on a GPU at full scale only."""
     results = bench.main("small", tmp_path, threads=1, sections=("training",),
                          log=lambda line: None)
     assert set(results["training"]) == {"first-order", "exact"}
@@ -414,26 +435,25 @@ def test_whole_meta_batch_figure_runs_every_mode_and_judges_the_gpu_goal(tmp_pat
         assert list(modes) == list(bench.TRAINING_MODES)
         assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in modes.values())
     targets = [t for t in results["targets"] if "whole meta-batch" in t["target"]]
-    assert len(targets) == 6 and all(t["met"] is None for t in targets)  # small, CPU
-    seconds = results["training"]["exact"]["tasks in parallel"]["seconds"]
+    assert len(targets) == 4 and all(t["met"] is None for t in targets)  # small, CPU
+    seconds = results["training"]["exact"]["points batched"]["seconds"]
     hours = {t["target"]: t["value"] for t in targets}
-    assert hours["warp-leap-exact, whole meta-batch, tasks in parallel: 1,000 meta-iterations, "
+    assert hours["warp-leap-exact, whole meta-batch, points batched: 1,000 meta-iterations, "
                  "hours"] == pytest.approx(seconds * 1000 / 3600)
-    assert "| whole meta-batch | warp-leap-exact, tasks in parallel |" in bench.markdown(results)
+    assert "| whole meta-batch | warp-leap-exact, points batched |" in bench.markdown(results)
     # on a GPU at full scale the goal is judged: 3.6 s per meta-iteration is the limit
-    monkeypatch.setattr(bench, "run_case", lambda kind, scale, variant, mode: {
+    monkeypatch.setattr(common, "run_case", lambda kind, scale, variant, mode: {
         "seconds": 3.0 if mode.endswith("batched") else 30.0, "peak_rss_mb": 900.0,
         "peak_growth_mb": 1.0, "peak_device_mb": 500.0})
-    monkeypatch.setattr(bench, "machine_info", lambda threads, device: {
+    monkeypatch.setattr(common, "machine_info", lambda threads, device: {
         "cpu": "test cpu", "cores": 16, "torch": "2.13", "threads": 16, "python": "3.11",
         "device": device, "gpu": "Test GPU 80GB"})
     gpu = bench.run_suite(replace(bench.SCALES["full"], device="cuda"),
                           bench.Suite(("training",)))
     met = {t["target"].split(", ", 2)[2]: t["met"] for t in gpu["targets"]
            if t["target"].startswith("warp-leap-exact")}
-    assert met == {"tasks one by one: 1,000 meta-iterations, hours": False,
-                   "tasks in parallel: 1,000 meta-iterations, hours": False,
-                   "tasks in parallel, points batched: 1,000 meta-iterations, hours": True}
+    assert met == {"one point per update: 1,000 meta-iterations, hours": False,
+                   "points batched: 1,000 meta-iterations, hours": True}
     assert "| whole meta-batch peak GPU memory |" in bench.markdown(gpu)
 
 
@@ -459,3 +479,62 @@ def test_profile_script_reports_wall_time_and_the_top_operators(tmp_path):
         refused = subprocess.run([sys.executable, str(script), "--device", "cuda"],
                                  capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and "CUDA is not available" in refused.stderr
+
+
+def test_targets_come_from_the_data_file_beside_the_suite(monkeypatch):
+    """The limits are targets.json's (package data), not constants: changing the file's
+    numbers changes the limits shown and what is met."""
+    assert targets.TARGETS_FILE.name == "targets.json" and targets.TARGETS_FILE.is_file()
+    spec = bench.load_targets()
+    assert spec["targets"]["cpu_seconds"]["value"] == {"warp-leap-first-order": 370,
+                                                       "warp-leap-exact": 500}
+    results = {"scale": {"name": "full", "device": "cpu"},
+               "overhead": {"exact": {"ratio": 1.2}},
+               "meta_iteration": {"warp-leap-exact": {"seconds": 450.0, "peak_rss_mb": 1400.0}}}
+    judged = {t["target"]: t for t in bench.check_targets(results)}
+    assert judged["overhead ratio (exact)"]["limit"] == "<= 1.15"
+    assert judged["overhead ratio (exact)"]["met"] is False
+    assert judged["warp-leap-exact meta-iteration seconds"]["limit"] == (
+        "<= 500 s (original 742 s)")
+    assert judged["warp-leap-exact meta-iteration seconds"]["met"] is True
+    assert judged["warp-leap-exact peak memory MB"]["met"] is True
+    edited = json.loads(json.dumps(spec))
+    edited["targets"]["overhead_ratio"]["value"] = 1.25
+    edited["targets"]["cpu_seconds"]["value"]["warp-leap-exact"] = 400
+    edited["targets"]["peak_memory_mb"]["full_scale_only"] = False
+    monkeypatch.setattr(targets, "load_targets", lambda: edited)
+    small = {**results, "scale": {"name": "small", "device": "cpu"}}
+    judged = {t["target"]: t for t in bench.check_targets(small)}
+    assert judged["overhead ratio (exact)"]["limit"] == "<= 1.25"
+    assert judged["overhead ratio (exact)"]["met"] is True
+    assert judged["warp-leap-exact meta-iteration seconds"]["limit"].startswith("<= 400 s")
+    assert judged["warp-leap-exact meta-iteration seconds"]["met"] is None  # small scale
+    assert judged["warp-leap-exact peak memory MB"]["met"] is True  # now judged everywhere
+
+
+def test_the_reference_switch_keeps_the_core_model(monkeypatch):
+    """--reference: models are conv4's as built, no accelerated layer and the reference
+    backend; by default they go through warpgrad.accel.convert."""
+    from torch import nn
+
+    from warpgrad.accel import AcceleratedBackend
+    from warpgrad.accel.blocks import ConvBlock
+
+    monkeypatch.setitem(bench.SWITCHES, "reference", True)
+    core = common.build_model(4)
+    assert core.backend is REFERENCE
+    assert not any(isinstance(m, ConvBlock) or type(m).__module__.startswith("warpgrad.accel")
+                   for m in core.modules())
+    assert any(type(m) is nn.Conv2d for m in core.modules())
+    monkeypatch.setitem(bench.SWITCHES, "reference", False)
+    monkeypatch.setitem(bench.SWITCHES, "cuda_graphs", True)
+    accelerated = common.build_model(4, prefetch_mb=0)
+    assert isinstance(accelerated.backend, AcceleratedBackend)
+    assert accelerated.backend.cuda_graphs is True and accelerated.backend.prefetch_mb == 0
+    assert any(isinstance(m, ConvBlock) for m in accelerated.modules())
+    # figure 9 counts the accelerator's modes, or the reference core alone under --reference
+    scale = bench.SCALES["small"]
+    assert host_ops.modes(scale) == list(bench.HOST_OPS_MODES)
+    assert host_ops.modes(replace(scale, reference=True)) == [host_ops.REFERENCE_MODE]
+    with pytest.raises(ValueError, match="reference core"):
+        bench.main("small", reference=True, precision="bf16")

@@ -158,6 +158,8 @@ def test_real_dataset_experiments_on_fixture_files(tmp_path, omniglot_folders, e
      "data root '/no/such/folder' does not exist"),
     (["train", "--resume", "/no/such/run"], "is not a run directory"),
     (["train", "--device", "cuda"], "CUDA is not available"),
+    (["train", "accelerate=false", "precision=bf16"], "precision=bf16 is a switch of the "
+     "accelerator; it needs accelerate=true"),
     (["data", "check", "mini-fewshot-1shot", "--data-root", "/no/such/folder"],
      "does not exist"),
     (["evaluate", "/no/such/run"], "is not a run directory"),
@@ -210,3 +212,43 @@ def test_continual_and_maze_experiments_through_the_command(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     bad = invoke("train", "maze", "-m", "warp,l2rl")
     assert bad.exit_code == 2 and "one method per run" in bad.stderr
+
+
+def test_the_command_accelerates_by_default_and_accelerate_false_runs_the_reference(tmp_path):
+    """The same tiny main job on the accelerator (the default) and on the reference core:
+    both finish, and the accelerated run's learners were converted, the other's not."""
+    from warpgrad.accel import AcceleratedBackend
+    from warpgrad.engine.backend import Backend
+    from warpgrad.experiments.classification import ClassificationExperiment
+    from warpgrad.experiments.registry import load_run
+
+    backends = {}
+    for accelerate in ("true", "false"):
+        out = tmp_path / accelerate
+        result = invoke("train", "--out", out, "--no-progress", *TINY_MULTISHOT,
+                        f"accelerate={accelerate}")
+        assert result.exit_code == 0, result.output
+        model = ClassificationExperiment(load_run(out)[2]).build_learner("warp-leap").model
+        backends[accelerate] = type(model.backend)
+    assert backends == {"true": AcceleratedBackend, "false": Backend}
+    # the same first meta-iteration, up to float32 rounding in another summation order
+    first = {a: (tmp_path / a / "warp-leap" / "metrics.csv").read_text().splitlines()[:2]
+             for a in backends}
+    assert first["true"][0] == first["false"][0]
+    for a, b in zip(*(row[1].split(",") for row in first.values())):
+        assert float(a) == pytest.approx(float(b), rel=1e-4)
+
+
+def test_a_run_directory_of_the_previous_release_resumes(tmp_path):
+    """Runs recorded before the speed switches ``channels_last``, ``compile`` and
+    ``parallel_tasks`` were retired still resume and evaluate."""
+    out = tmp_path / "old"
+    args = ["train", "--out", out, "--no-progress", *TINY_MULTISHOT]
+    assert invoke(*args).exit_code == 0
+    record = json.loads((out / "config.json").read_text())
+    del record["config"]["accelerate"]
+    record["config"].update(channels_last=False, compile=False, parallel_tasks=False)
+    (out / "config.json").write_text(json.dumps(record))
+    resumed = invoke("train", "--resume", out, "--no-progress")
+    assert resumed.exit_code == 0, resumed.output
+    assert invoke("evaluate", out, "--no-progress").exit_code == 0

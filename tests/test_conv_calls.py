@@ -1,4 +1,4 @@
-"""Recording and replaying a computation's convolutions (``warpgrad._conv_calls``, figure 10
+"""Recording and replaying a computation's convolutions (``warpgrad.bench.conv_calls``, figure 10
 of the benchmark suite): every call is seen, under ``torch.func`` transforms and in second
 derivatives too, its FLOPs are the ones ``torch.utils.flop_counter`` counts, a replay makes
 the same call, and the calls of a meta-iteration grow linearly in K, as the figure assumes.
@@ -15,7 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from warpgrad import bench
-from warpgrad._conv_calls import ConvCall, record_convolutions, replay
+from warpgrad.bench import common
+from warpgrad.bench.conv_calls import ConvCall, record_convolutions, replay
 
 
 class _ConvFlops(TorchDispatchMode):
@@ -37,8 +38,8 @@ class _ConvFlops(TorchDispatchMode):
 
 def _learner_step(method: str, steps: int):
     scale = bench.SCALES["small"]
-    tasks = bench._tasks(scale, scale.batch_size, 1)
-    learner = bench._learner(method, bench._model(scale.filters), steps)
+    tasks = common.build_tasks(scale.batch_size, 1)
+    learner = common.build_learner(method, common.build_model(scale.filters), steps)
     return lambda: learner.meta_step(tasks)
 
 

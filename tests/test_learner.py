@@ -203,42 +203,6 @@ def test_shared_step_differs_on_mini_batches_and_needs_the_online_regime():
                  warp=WarpGrad("first-order", "online", share_step=True))  # detached: fine
 
 
-@pytest.mark.parametrize("method,regime", [("warp-leap", "offline"), ("warp-leap", "online"),
-                                           ("leap", None), ("reptile", None)])
-def test_parallel_task_adaptation_is_the_same_meta_step(method, regime):
-    """One vmap over the meta-batch's tasks per step: with full-batch tasks (no random draws)
-    the whole meta-step, φ and θ_0, equals adapting the tasks one by one."""
-    tasks = [regression_task(s) for s in range(3)]
-    results = []
-    for parallel in (False, True):
-        model = tiny_warped_mlp()
-        warp = WarpGrad("exact", regime) if regime else None
-        learner = make_learner(method, model, F.mse_loss, steps=4, inner_lr=0.3, warp=warp,
-                               parallel_tasks=parallel)
-        stats = learner.meta_step(tasks)
-        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), stats))
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
-    for key, value in results[0][1].items():
-        assert results[1][1][key] == pytest.approx(value, rel=1e-10)
-
-
-def test_adapt_tasks_matches_adapt_per_task_with_momentum_and_refuses_what_it_cannot_do():
-    from warpgrad.engine import InnerSGD, adapt, adapt_tasks
-
-    model = tiny_warped_mlp()
-    opt = InnerSGD(model.task_spec, 0.2, momentum=0.5, dtype=torch.float64)
-    tasks = [regression_task(s) for s in range(2)]
-    together = adapt_tasks(model, model.init_theta(), tasks, F.mse_loss, opt, 5)
-    for task, result in zip(tasks, together):
-        alone = adapt(model, model.init_theta(), task, F.mse_loss, opt, 5)
-        torch.testing.assert_close(result.theta, alone.theta.detach(), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(result.state, alone.state, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(result.losses, alone.losses, rtol=1e-12, atol=1e-12)
-    uneven = [regression_task(0, n_train=8), regression_task(1, n_train=6)]
-    with pytest.raises(ValueError, match="batch shape"):
-        adapt_tasks(model, model.init_theta(), uneven, F.mse_loss, opt, 1)
-
-
 @pytest.mark.parametrize("regime", ["online", "offline"])
 def test_values_read_back_per_meta_step_do_not_grow_with_the_steps(regime):
     """Each value read back to Python (``.item()``, ``float()``, an ``if`` on a tensor) makes

@@ -11,7 +11,6 @@ from tests.helpers import finite_difference, regression_task, tiny_warped_mlp
 from warpgrad import InnerSGD, WarpedModel, WarpGrad, adapt, conv4
 from warpgrad.engine import ReplayBuffer
 from warpgrad.engine.buffer import Points
-from warpgrad.models import _conv_block
 from warpgrad.tasks import Task
 
 
@@ -161,11 +160,8 @@ def test_batched_points_match_on_conv4_with_batch_norm(variant, dtype, monkeypat
     vmap = torch.func.vmap
     monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: calls.append(1) or vmap(*a, **k))
     torch.manual_seed(0)
-    # the same memory layout on both sides (vmap runs NCHW, so the loop's Conv4 blocks do
-    # too); channels-last has its own tests
-    monkeypatch.setattr(_conv_block, "CHANNELS_LAST", False)
     model = conv4(5, image_size=28, filters=8, warp="conv3x3", warp_batch_norm=True,
-                  warp_activation="relu", channels_last=False).to(dtype)
+                  warp_activation="relu").to(dtype)
     gen = torch.Generator().manual_seed(0)
     tasks = [Task(torch.rand(10, 1, 28, 28, generator=gen, dtype=dtype), torch.arange(10) % 5,
                   torch.rand(5, 1, 28, 28, generator=gen, dtype=dtype), torch.arange(5),
@@ -193,7 +189,7 @@ def test_exact_batched_objective_with_batch_norm_matches_finite_differences():
     finite differences, float64; pytorch/functorch#534): batched=True, vmapped, must give
     the true exact gradient."""
     torch.manual_seed(0)
-    model = conv4(3, filters=8, warp_blocks=(1,), channels_last=False).double()
+    model = conv4(3, filters=8, warp_blocks=(1,)).double()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(18, 1, 28, 28, generator=g, dtype=torch.float64)
     y = torch.arange(3).repeat_interleave(6)
@@ -256,16 +252,15 @@ def test_library_batch_norm_under_vmap_matches_the_fused_kernel_to_second_order(
     """Under vmap the library's batch-norm layers compute from primitive operators: the
     same values and second-order gradients as the fused kernel applied one sample at a
     time, for 2-d and 1-d batch norm. (PyTorch 2.13's own layers miss by a relative 1.07
-    and 204 here: the bug this works around. Outside ``second_order``, first-order vmaps
-    such as tasks adapted together keep the fused kernel.)"""
-    from warpgrad.models._norm import BatchNorm1d, BatchNorm2d
-    from warpgrad.models._second_order import second_order
+    and 204 here: the bug this works around.)"""
+    from warpgrad.models.batch_norm import BatchNorm1d, BatchNorm2d
 
-    with second_order():  # what the exact objective opens around its vmap
-        assert _batch_norm_second_order_gap(BatchNorm2d(3, track_running_stats=False),
-                                            (5, 3, 4, 4)) < 1e-10
-        assert _batch_norm_second_order_gap(BatchNorm1d(3, track_running_stats=False),
-                                            (5, 3)) < 1e-10
+    assert _batch_norm_second_order_gap(BatchNorm2d(3, track_running_stats=False),
+                                        (5, 3, 4, 4)) < 1e-10
+    assert _batch_norm_second_order_gap(BatchNorm1d(3, track_running_stats=False),
+                                        (5, 3)) < 1e-10
+    assert _batch_norm_second_order_gap(nn.BatchNorm2d(3, track_running_stats=False),
+                                        (5, 3, 4, 4)) > 1e-3  # the bug it works around
 
 
 def test_exact_batched_objective_falls_back_to_a_loop_for_fused_batch_norm():

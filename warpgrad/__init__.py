@@ -7,10 +7,9 @@ The public API::
     WarpGrad, Leap, Reptile, MAML                         # the objectives
     Task, sine_task                                       # tasks
     adapt, InnerSGD, ReplayBuffer                         # the inner-loop engine
-    tune_allocator                                        # CPU speed: reuse freed memory
+    warpgrad.accel.convert                                # the opt-in accelerator
 """
 
-from warpgrad._alloc import tune_allocator
 from warpgrad.algorithms import (
     MAML,
     METHODS,
@@ -24,7 +23,7 @@ from warpgrad.engine import InnerSGD, ReplayBuffer, adapt
 from warpgrad.models import WarpedModel, WarpLayer, conv4, mlp, warp_stack, warped_lstm
 from warpgrad.tasks import Task, sine_task, sine_tasks
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MAML",
@@ -44,7 +43,6 @@ __all__ = [
     "mlp",
     "sine_task",
     "sine_tasks",
-    "tune_allocator",
     "warp_stack",
     "warped_lstm",
 ]

@@ -18,7 +18,6 @@ import click
 import torch
 import yaml
 
-from warpgrad._alloc import tune_allocator
 from warpgrad.data.errors import DataError
 from warpgrad.experiments import registry
 from warpgrad.experiments.registry import DEFAULT_EXPERIMENT, ConfigError
@@ -57,7 +56,14 @@ def main() -> None:
     warpgrad report RUN_DIR...          side-by-side table and plot of runs
     warpgrad data check EXPERIMENT      are the experiment's files there and readable?
     """
-    tune_allocator()
+
+
+def _accelerate_process(config: object) -> None:
+    """The accelerator's one process-wide setting, where the run uses the accelerator."""
+    if getattr(config, "accelerate", False):
+        from warpgrad.accel import tune_allocator
+
+        tune_allocator()
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -120,6 +126,7 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
         raise ConfigError("device 'cuda' requested but CUDA is not available here; use cpu")
     if threads is not None:
         torch.set_num_threads(threads)
+    _accelerate_process(config)
     summary = registry.KINDS[kind].run(config, name, run_dir, not no_progress)
     click.echo(registry.KINDS[kind].table(summary))
     click.echo(f"run directory: {run_dir}")
@@ -133,6 +140,7 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
 def evaluate(run_dir: Path, tasks: int | None, no_progress: bool) -> None:
     """Re-evaluate the checkpoints in RUN_DIR on its held-out tasks; writes
     RUN_DIR/evaluation.json (summary.json's schema) and prints the table."""
+    _accelerate_process(registry.load_run(run_dir)[2])
     kind, summary = registry.evaluate_run(run_dir, eval_tasks=tasks, progress=not no_progress)
     click.echo(registry.KINDS[kind].table(summary))
 
@@ -220,37 +228,41 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
               "memory_vs_steps, warped_step, batched_objective, switches, online, host_ops, "
               "convolutions (default: all of these), training (only when named: whole "
-              "meta-batches, tasks one by one or in parallel)")
-@click.option("--channels-last/--no-channels-last", default=False, show_default=True,
-              help="Conv4 on channels-last (NHWC) data")
+              "meta-batches, one point per warp update or points batched)")
+@click.option("--reference", is_flag=True, default=False,
+              help="run every figure on the reference core instead of the accelerator "
+              "(no warpgrad.accel.convert; the switches ladder still climbs from it to the "
+              "accelerator)")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              show_default=True, help="forward/backward precision (bf16: autocast)")
+              show_default=True, help="the accelerator's forward/backward precision (bf16: "
+              "autocast)")
 @click.option("--buffer", type=click.Choice(["memory", "float16", "disk"]), default="memory",
               show_default=True, help="where the offline replay buffer keeps its points")
 @click.option("--tune-malloc/--no-tune-malloc", default=True, show_default=True,
-              help="let glibc reuse freed memory (warpgrad.tune_allocator)")
-@click.option("--compile/--no-compile", "compile_forward", default=False, show_default=True,
-              help="torch.compile the model's forward (compiles during each case's warm-up)")
+              help="let glibc reuse freed memory (warpgrad.accel.tune_allocator)")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
-              help="replay the engine's fixed-shape passes from CUDA graphs (a GPU switch)")
+              help="the accelerator replays its fixed-shape passes from CUDA graphs (a GPU "
+              "switch)")
 @click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=False, show_default=True,
               help="let cuDNN time its convolution algorithms per shape and keep the fastest "
               "(a GPU switch)")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda: where every case's model, data and buffer live")
 def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: str | None,
-          channels_last: bool, precision: str, buffer: str, tune_malloc: bool,
-          compile_forward: bool, cuda_graphs: bool, cudnn_benchmark: bool, device: str) -> None:
+          reference: bool, precision: str, buffer: str, tune_malloc: bool, cuda_graphs: bool,
+          cudnn_benchmark: bool, device: str) -> None:
     """Benchmark one meta-iteration: seconds, peak memory, overhead over bare compute.
 
     Prints a markdown table and writes OUT/bench.json and OUT/bench.md (see BENCHMARKS.md).
-    The switches apply to every figure but "switches", which turns them on one by one.
+    Models go through the accelerator (warpgrad.accel.convert) unless --reference. The
+    switches apply to every figure but "switches", which climbs from the reference core one
+    switch at a time.
     """
-    from warpgrad.bench import Suite
+    from warpgrad.bench import known_figures
     from warpgrad.bench import main as run_bench
 
     sections = None if only is None else tuple(s.strip() for s in only.split(","))
-    known = {*Suite().sections, "training"}
+    known = known_figures()
     if sections is not None and not set(sections) <= known:
         _fail(f"unknown figure(s) {sorted(set(sections) - known)}; expected any of "
               f"{sorted(known)}")
@@ -258,10 +270,13 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
         _fail(f"unknown device {device!r}; expected cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         _fail("device 'cuda' requested but CUDA is not available here; use cpu")
+    if reference and (precision != "fp32" or cuda_graphs):
+        _fail("--reference runs the reference core, which has no bf16 and no CUDA graphs; "
+              "drop --precision bf16 / --cuda-graphs")
     run_bench(scale, out, threads=threads, measured_tasks=tasks, sections=sections,
-              channels_last=channels_last, precision=precision, buffer=buffer,
-              tune_malloc=tune_malloc, compile_forward=compile_forward,
-              cuda_graphs=cuda_graphs, cudnn_benchmark=cudnn_benchmark, device=device,
+              reference=reference, precision=precision, buffer=buffer,
+              tune_malloc=tune_malloc, cuda_graphs=cuda_graphs,
+              cudnn_benchmark=cudnn_benchmark, device=device,
               log=lambda line: click.echo(line, err=not line.startswith("## ")))
 
 

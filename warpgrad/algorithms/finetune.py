@@ -8,6 +8,7 @@ head by SGD and θ_0's head stays at its initialisation: every new task starts f
 head on the pretrained body. Without ``head``, one head is shared (single-headed).
 
 Example:
+    >>> import torch.nn.functional as F
     >>> from warpgrad import MetaLearner, conv4
     >>> from warpgrad.algorithms import FineTune
     >>> learner = MetaLearner(conv4(20, warp=None), F.cross_entropy, steps=100,

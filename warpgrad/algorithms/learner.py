@@ -14,27 +14,45 @@ Read :meth:`MetaLearner.meta_step` top to bottom for the whole algorithm:
 Warp-Leap = ``WarpGrad`` + ``Leap``; Warp-MAML = ``WarpGrad`` + ``MAML``; Warp-Reptile =
 ``WarpGrad`` + ``Reptile``; Leap, MAML, Reptile alone have ``warp=None``; WarpGrad with a fixed
 initialisation has ``init=None``.
+
+Example:
+    >>> import torch.nn.functional as F
+    >>> from warpgrad import Leap, MetaLearner, WarpGrad, mlp, sine_tasks
+    >>> learner = MetaLearner(mlp(), F.mse_loss, warp=WarpGrad(), init=Leap(), steps=5,
+    ...                       inner_lr=0.01)
+    >>> stats = learner.meta_step(sine_tasks(4, torch.Generator().manual_seed(0)))
+    >>> sorted(stats)
+    ['adapt_loss_first', 'adapt_loss_last', 'warp_loss']
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from warpgrad._optim import SGD, Adam
 from warpgrad.algorithms.base import InitObjective, TaskRun
-from warpgrad.algorithms.warpgrad import WarpGrad
-from warpgrad.engine.adapt import Adaptation, LossFn, Observer, adapt, adapt_tasks
+from warpgrad.algorithms.warpgrad import WarpGrad, _OnlineAccumulator
+from warpgrad.engine.adapt import Adaptation, LossFn, Observer, adapt
 from warpgrad.engine.buffer import ReplayBuffer
 from warpgrad.engine.inner_sgd import Granularity, InnerSGD
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Task
 
 OptimizerName = Literal["sgd", "adam"]
+
+
+@dataclass
+class _Watchers:
+    """The observers of one task's adaptation in a meta-iteration."""
+
+    init: Observer | None = None
+    online: _OnlineAccumulator | None = None
+    observers: list[Observer] = field(default_factory=list)
 
 
 class MetaLearner:
@@ -58,12 +76,9 @@ class MetaLearner:
         warps_by_init: meta-learn the warp layers with the *init* objective's gradient
             instead of WarpGrad's (T-Net: linear transforms learned through MAML's
             adaptation); needs ``warp=None``.
-        parallel_tasks: adapt the meta-batch's tasks together, one ``torch.func.vmap`` over
-            the tasks per step (:func:`~warpgrad.engine.adapt.adapt_tasks`); ignored where
-            it does not apply (MAML's differentiable adaptation, the exact shared online
-            step, models with running batch-norm statistics). The same computation; batches
-            are drawn in another order.
         seed: seeds every batch draw and buffer shuffle of this learner.
+
+    The meta-optimisers come from the model's backend (``model.backend.optimizer``).
 
     With neither objective, :meth:`meta_step` only adapts: the "no meta-learning" baseline.
     """
@@ -88,7 +103,6 @@ class MetaLearner:
         init_lr_anneal: int | None = None,
         warps_by_init: bool = False,
         seed: int = 0,
-        parallel_tasks: bool = False,
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -115,7 +129,6 @@ class MetaLearner:
                                   learn_momentum=learn_momentum, granularity=granularity,
                                   dtype=reference.dtype).to(reference.device)
         self.generator = torch.Generator().manual_seed(seed)
-        self.parallel_tasks = parallel_tasks
         learned_rates = [p for p in self.optimizer.parameters() if p.requires_grad]
         warp_params = list(model.warp_parameters().values())
         init_params = list(model.task_parameters().values())
@@ -125,15 +138,14 @@ class MetaLearner:
                 init_params += warp_params
             self._init_meta_parameters = tuple(
                 learned_rates + (warp_params if warps_by_init else []))
-        make = {"sgd": SGD, "adam": Adam}
-        if meta_optimizer not in make:
+        if meta_optimizer not in model.backend.optimizers:
             raise ValueError(f"meta_optimizer must be 'sgd' or 'adam', got {meta_optimizer!r}")
 
         def optimizer(params: list[Tensor], lr: float, rates: bool) -> torch.optim.Optimizer:
             groups = [{"params": params}] if params else []
             if rates and learned_rates:
                 groups.append({"params": learned_rates, "lr": rate_lr or lr})
-            return make[meta_optimizer](groups, lr=lr)
+            return model.backend.optimizer(meta_optimizer, groups, lr)
 
         self.warp_optimizer = (optimizer(warp_params, warp_lr, rates=True)
                                if warp is not None else None)
@@ -151,9 +163,8 @@ class MetaLearner:
     def adapt(self, task: Task, steps: int | None = None, *, observers: Sequence[Observer] = ()
               ) -> Adaptation:
         """Adapt from the current θ_0 (no meta-gradients); returns θ_K and the losses."""
-        phi = {n: p.detach() for n, p in self.model.warp_parameters().items()}
         return adapt(self.model, self.model.init_theta(), task, self.loss_fn, self.optimizer,
-                     self.steps if steps is None else steps, phi=phi, observers=observers,
+                     self.steps if steps is None else steps, observers=observers,
                      generator=self.generator)
 
     @torch.no_grad()
@@ -195,89 +206,93 @@ class MetaLearner:
         """
         if not tasks:
             raise ValueError("meta_step needs at least one task")
-        model, warp, init = self.model, self.warp, self.init
-        scale = 1.0 / len(tasks)
         for opt in (self.warp_optimizer, self.init_optimizer):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
-
-        online = warp is not None and warp.regime == "online"
-        buffer = None
-        if warp is not None and warp.regime == "offline":
-            buffer = ReplayBuffer(len(tasks) * warp.points_per_task(self.steps),
-                                  model.task_spec.numel, with_state=self.optimizer.has_state,
-                                  device=next(model.parameters()).device,
-                                  dtype=next(model.parameters()).dtype,
-                                  storage_dtype=warp.buffer_dtype, on_disk=warp.buffer_on_disk)
-        differentiable = init is not None and init.differentiable
-        # φ stays live in the adaptation when the online objective reuses its steps exactly
-        step_graph = online and warp.share_step and warp.variant == "exact"
-        phi = None if differentiable or step_graph else {
-            n: p.detach() for n, p in model.warp_parameters().items()}
-        steps = self.steps if warp is not None or init is None or init.adapts else 0
-        watchers = []  # per task: (init observer, online observer, all observers)
-        for index, task in enumerate(tasks):
-            init_observer = init.observer() if init is not None else None
-            used = warp.sample_steps(self.steps, self.generator) if warp is not None else None
-            online_observer = warp.online_observer(
-                model, self.loss_fn, self.optimizer, task, self.generator,
-                scale / warp.points_per_task(self.steps), steps=used) if online else None
-            recorder = buffer.recorder(index, steps=used) if buffer is not None else None
-            observers: list[Observer] = [o for o in (init_observer, online_observer, recorder)
-                                         if o is not None]
-            watchers.append((init_observer, online_observer, observers))
-        parallel = (self.parallel_tasks and len(tasks) > 1 and not differentiable
-                    and not step_graph and not model.has_buffers)
-        if parallel:
-            results = iter(adapt_tasks(model, model.init_theta(), tasks, self.loss_fn,
-                                       self.optimizer, steps, phi=phi,
-                                       observers=[w[2] for w in watchers],
-                                       generator=self.generator))
-        theta0_grad = None
-        warp_losses: list[float] = []
-        online_losses: list[torch.Tensor] = []
-        first, last = [], []
-        for task, (init_observer, online_observer, observers) in zip(tasks, watchers):
-            theta0 = model.init_theta().detach().requires_grad_(differentiable)
-            if parallel:
-                result = next(results)
-            else:
-                result = adapt(model, theta0, task, self.loss_fn, self.optimizer, steps,
-                               phi=phi, observers=observers, create_graph=differentiable,
-                               generator=self.generator)
-            if steps:  # read at the end: a read here would make the host wait per task
+        scale = 1.0 / len(tasks)
+        buffer = self._replay_buffer(len(tasks))  # Algorithm 2's, or None
+        # every task's observers first: their draws from the generator come before any
+        # adaptation's
+        watchers = [self._watchers(i, task, scale, buffer) for i, task in enumerate(tasks)]
+        differentiable = self.init is not None and self.init.differentiable
+        theta0_grad, first, last, online_losses = None, [], [], []
+        for task, watch in zip(tasks, watchers):
+            theta0 = self.model.init_theta().detach().requires_grad_(differentiable)
+            result = adapt(self.model, theta0, task, self.loss_fn, self.optimizer,
+                           self._adaptation_steps(), observers=watch.observers,
+                           create_graph=differentiable, generator=self.generator)
+            if len(result.losses):  # read at the end: a read here would make the host wait
                 first.append(result.losses[0].detach())
                 last.append(result.losses[-1].detach())
-            if online_observer is not None:
-                online_losses += online_observer.losses
-            if init is not None:
-                run = TaskRun(model, self.loss_fn, self.optimizer, task, theta0, result,
+            if watch.online is not None:
+                online_losses += watch.online.losses
+            if self.init is not None:
+                run = TaskRun(self.model, self.loss_fn, self.optimizer, task, theta0, result,
                               self.generator, scale, self._init_meta_parameters)
-                grad = init.task_gradient(run, init_observer) * scale
+                grad = self.init.task_gradient(run, watch.init) * scale
                 theta0_grad = grad if theta0_grad is None else theta0_grad + grad
             del result  # frees MAML's graph before the next task
+        warp_losses = self._update_warps(buffer, tasks, online_losses)
+        self._update_init(theta0_grad)
+        return _summary(first, last, warp_losses)
 
-        if online:
+    def _adaptation_steps(self) -> int:
+        """K, or 0 for an initialisation objective that needs no adaptation (pretraining)."""
+        if self.warp is None and self.init is not None and not self.init.adapts:
+            return 0
+        return self.steps
+
+    def _replay_buffer(self, tasks: int) -> ReplayBuffer | None:
+        """An empty buffer for the offline objective's points of ``tasks`` tasks."""
+        if self.warp is None or self.warp.regime != "offline":
+            return None
+        reference = next(self.model.parameters())
+        return ReplayBuffer(tasks * self.warp.points_per_task(self.steps),
+                            self.model.task_spec.numel, with_state=self.optimizer.has_state,
+                            device=reference.device, dtype=reference.dtype,
+                            storage_dtype=self.warp.buffer_dtype,
+                            on_disk=self.warp.buffer_on_disk)
+
+    def _watchers(self, index: int, task: Task, scale: float,
+                  buffer: ReplayBuffer | None) -> _Watchers:
+        """Task ``index``'s observers: the init objective's, and WarpGrad's online
+        accumulator or the buffer's recorder, on the points WarpGrad samples."""
+        watch = _Watchers(init=self.init.observer() if self.init is not None else None)
+        if self.warp is not None:
+            used = self.warp.sample_steps(self.steps, self.generator)
+            if self.warp.regime == "online":
+                weight = scale / self.warp.points_per_task(self.steps)
+                watch.online = self.warp.online_observer(
+                    self.model, self.loss_fn, self.optimizer, task, self.generator, weight,
+                    steps=used)
+            recorder = buffer.recorder(index, steps=used) if buffer is not None else None
+            watch.observers = [o for o in (watch.init, watch.online, recorder) if o is not None]
+        elif watch.init is not None:
+            watch.observers = [watch.init]
+        return watch
+
+    def _update_warps(self, buffer: ReplayBuffer | None, tasks: Sequence[Task],
+                      online_losses: list[Tensor]) -> list[float]:
+        """φ's update: one step on the online gradient, or the offline pass over the
+        buffer. Returns the meta-losses it saw."""
+        if self.warp is None:
+            return []
+        if buffer is None:
             self.warp_optimizer.step()
-            warp_losses = torch.stack(online_losses).tolist() if online_losses else []
-        elif buffer is not None:
-            warp_losses = warp.offline_update(model, self.loss_fn, self.optimizer, buffer, tasks,
-                                              self.warp_optimizer, self.generator)
-        if init is not None:
-            params = model.task_parameters()
-            for name, g in model.task_spec.unflatten(theta0_grad).items():
-                params[name].grad = g.clone()
-            self.init_optimizer.step()
-            if self.init_schedule is not None:
-                self.init_schedule.step()
+            return torch.stack(online_losses).tolist() if online_losses else []
+        return self.warp.offline_update(self.model, self.loss_fn, self.optimizer, buffer,
+                                        tasks, self.warp_optimizer, self.generator)
 
-        stats = {}
-        if first:
-            stats["adapt_loss_first"] = sum(torch.stack(first).tolist()) / len(first)
-            stats["adapt_loss_last"] = sum(torch.stack(last).tolist()) / len(last)
-        if warp_losses:
-            stats["warp_loss"] = sum(warp_losses) / len(warp_losses)
-        return stats
+    def _update_init(self, theta0_grad: Tensor | None) -> None:
+        """θ_0's update from the meta-batch's averaged gradient."""
+        if self.init is None:
+            return
+        params = self.model.task_parameters()
+        for name, g in self.model.task_spec.unflatten(theta0_grad).items():
+            params[name].grad = g.clone()
+        self.init_optimizer.step()
+        if self.init_schedule is not None:
+            self.init_schedule.step()
 
     # -- checkpointing -----------------------------------------------------------------------
 
@@ -311,3 +326,16 @@ class MetaLearner:
             self.init.load_state_dict(state["init_objective"])
         if self.init_schedule is not None:
             self.init_schedule.load_state_dict(state["init_schedule"])
+
+
+def _summary(first: list[Tensor], last: list[Tensor], warp_losses: list[float]
+             ) -> dict[str, float]:
+    """A meta-iteration's statistics: the mean adaptation loss at θ_0 and θ_{K-1}, and the
+    mean WarpGrad meta-loss (each where there is one)."""
+    stats = {}
+    if first:
+        stats["adapt_loss_first"] = sum(torch.stack(first).tolist()) / len(first)
+        stats["adapt_loss_last"] = sum(torch.stack(last).tolist()) / len(last)
+    if warp_losses:
+        stats["warp_loss"] = sum(warp_losses) / len(warp_losses)
+    return stats

@@ -6,9 +6,12 @@ first-order MAML uses ∇L(θ_K) as θ_0's gradient. With a meta-learned inner l
 no warp objective this is Meta-SGD: the rate gets MAML's gradient too.
 
 Example:
-    >>> from warpgrad import MetaLearner, mlp
-    >>> from warpgrad.algorithms import MAML
-    >>> learner = MetaLearner(mlp(warp=None), F.mse_loss, init=MAML(), steps=5)
+    >>> import torch, torch.nn.functional as F
+    >>> from warpgrad import MAML, MetaLearner, mlp, sine_tasks
+    >>> learner = MetaLearner(mlp(warp=None), F.mse_loss, init=MAML(), steps=5, inner_lr=0.01)
+    >>> stats = learner.meta_step(sine_tasks(4, torch.Generator().manual_seed(0)))
+    >>> sorted(stats)
+    ['adapt_loss_first', 'adapt_loss_last']
 """
 
 from __future__ import annotations

@@ -5,9 +5,14 @@ Its meta-gradient for one task is θ_0 − θ_K, so SGD on θ_0 with step ε int
 is the true end of the trajectory.)
 
 Example:
-    >>> from warpgrad import MetaLearner, mlp
-    >>> from warpgrad.algorithms import Reptile
-    >>> learner = MetaLearner(mlp(warp=None), F.mse_loss, init=Reptile(), steps=5)
+    >>> import torch, torch.nn.functional as F
+    >>> from warpgrad import MetaLearner, Reptile, mlp, sine_tasks
+    >>> model = mlp(warp=None)
+    >>> learner = MetaLearner(model, F.mse_loss, init=Reptile(), steps=5, inner_lr=0.01)
+    >>> before = model.init_theta().detach().clone()
+    >>> _ = learner.meta_step(sine_tasks(4, torch.Generator().manual_seed(0)))
+    >>> bool((model.init_theta() != before).any())  # θ_0 moved towards the θ_K
+    True
 """
 
 from __future__ import annotations

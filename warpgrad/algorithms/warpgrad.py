@@ -24,31 +24,35 @@ over the meta-batch, then updates φ over the buffer in shuffled mini-batches of
 number of epochs (the original code: mini-batches of 1 point, 1 epoch).
 
 Example:
-    >>> from warpgrad import MetaLearner, mlp
-    >>> from warpgrad.algorithms import Leap, WarpGrad
-    >>> learner = MetaLearner(mlp(), F.mse_loss, warp=WarpGrad("exact"), init=Leap(), steps=10)
+    >>> import torch, torch.nn.functional as F
+    >>> from warpgrad import Leap, MetaLearner, WarpGrad, mlp, sine_tasks
+    >>> model = mlp()  # a linear warp after each hidden layer
+    >>> learner = MetaLearner(model, F.mse_loss, warp=WarpGrad("exact"), init=Leap(), steps=5,
+    ...                       inner_lr=0.01, warp_lr=1e-3)
+    >>> phi = {n: p.detach().clone() for n, p in model.warp_parameters().items()}
+    >>> stats = learner.meta_step(sine_tasks(4, torch.Generator().manual_seed(0)))
+    >>> stats["warp_loss"] > 0, any(bool((p != phi[n]).any())
+    ...                             for n, p in model.warp_parameters().items())
+    (True, True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import nullcontext
+import warnings
+from collections.abc import Collection, Sequence
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from warpgrad._autograd import detached, func_grad
-from warpgrad._transfer import to_device
-from warpgrad.engine.adapt import LossFn, StepRecord
+from warpgrad.engine.adapt import StepRecord
+from warpgrad.engine.backend import LossFn, WarpBatches
 from warpgrad.engine.buffer import Points, ReplayBuffer
-from warpgrad.engine.graphs import GraphCache, graphs_of, reads_of, switches_of
 from warpgrad.engine.inner_sgd import InnerSGD
-from warpgrad.models._norm import EXACT_UNDER_VMAP
-from warpgrad.models._pool import argmax_only
-from warpgrad.models._second_order import second_order
+from warpgrad.models.batch_norm import EXACT_UNDER_VMAP
 from warpgrad.models.warped import WarpedModel
-from warpgrad.tasks.base import Batch, Task, draw_batches
+from warpgrad.tasks.base import Batch, Task
 
 Variant = Literal["exact", "first-order", "no-step"]
 Regime = Literal["online", "offline"]
@@ -70,13 +74,16 @@ class WarpGrad:
             stored (offline) or evaluated (online). The meta-loss is their mean, an unbiased
             estimate of the mean over all ``n``.
         batched: evaluate a mini-batch of points in one ``torch.func.vmap`` call instead of
-            one at a time (same result; falls back to one at a time when batch shapes differ
-            across the points, when the model keeps running batch-norm statistics, and for
-            the exact variant of a model with batch norm, whose second-order gradient
-            PyTorch's vmap gets wrong).
+            one at a time (same result). Where vmap cannot batch them, a ``RuntimeWarning``
+            says why and they go one at a time: batch shapes that differ across the points,
+            a model that keeps running batch-norm statistics, or the exact variant of a
+            model with ``nn.BatchNorm*`` layers, whose second-order gradient PyTorch's vmap
+            gets wrong (the library's own batch norm, :mod:`warpgrad.models.batch_norm`,
+            stays exact).
         chunk_size: bound the vmap's memory by evaluating at most this many points at once.
         buffer_dtype: how the offline replay buffer stores points (default: the model's
-            dtype; ``torch.float16`` or ``torch.bfloat16`` halve its memory, rounding θ_k).
+            dtype; a 16-bit float dtype such as ``torch.float16`` halves its memory, rounding
+            θ_k).
         buffer_on_disk: keep the offline replay buffer in a temporary file (lossless; memory
             then does not grow with the meta-batch and K).
         share_step: online only. The one step at θ_k is the adaptation's own step (its
@@ -127,6 +134,7 @@ class WarpGrad:
             raise ValueError("share_step needs the online regime: offline points are revisited "
                              "after φ has moved, so the adaptation's step is not theirs")
         self.share_step = share_step
+        self._said: set[str] = set()  # the fallbacks already warned about
 
     def strided_steps(self, steps: int) -> list[int]:
         """The steps of a K-step trajectory that ``stride`` keeps: 0, stride, ..., and K."""
@@ -159,45 +167,31 @@ class WarpGrad:
         state: Tensor | None,
         inner_batch: Batch,
         meta_batches: Sequence[Batch],
-        *,
-        vmapped: bool = False,
     ) -> Tensor:
         """The meta-loss at one point θ_k ``[P]`` (a constant); differentiable in φ and the
         optimiser's meta-parameters. ``meta_batches``: the loss after the step is averaged
-        over them (several for continual learning). Works under ``torch.func.vmap`` (say so
-        with ``vmapped=True``)."""
+        over them (several for continual learning). Works under ``torch.func.vmap``."""
         theta = theta.detach()
+        state = None if state is None else state.detach()
+
+        def meta_loss(th: Tensor) -> Tensor:
+            return torch.stack([loss_fn(model(x, th), y) for x, y in meta_batches]).mean()
+
         if self.variant == "no-step":
-            stepped = theta
-        else:
-            phi = None
-            if self.variant == "first-order":
-                phi = {n: p.detach() for n, p in model.warp_parameters().items()}
-            x, y = inner_batch
+            return meta_loss(theta)
+        x, y = inner_batch
+        # first-order: φ is a constant of the step, its gradient flows only through meta_loss
+        phi = None if self.variant == "exact" else {
+            n: p.detach() for n, p in model.warp_parameters().items()}
 
-            def task_loss(th: Tensor) -> Tensor:
-                return loss_fn(model(x, th, phi), y)
+        def task_loss(th: Tensor) -> Tensor:
+            return loss_fn(model(x, th, phi), y)
 
-            # the step in float32 even under bf16: bf16 rounding in the inner gradient put a
-            # 79% error into the meta-gradient at the multi-shot protocol (BENCHMARKS.md)
-            with model.full_precision():
-                if self.variant == "first-order" and not vmapped:
-                    # plain autograd: cheaper than torch.func.grad outside vmap. Not for
-                    # "exact": there θ would be a leaf of the step's graph, and a backward
-                    # restricted to the meta-parameters leaves that graph's θ side alive (a
-                    # leak), while an unrestricted one computes θ's unneeded Hessian terms.
-                    with torch.enable_grad():  # the inner gradient exists even under no_grad
-                        leaf = theta.requires_grad_()
-                        (grad,) = torch.autograd.grad(task_loss(leaf), leaf)
-                    theta = theta.detach()
-                else:
-                    with second_order() if self.variant == "exact" else nullcontext():
-                        grad = func_grad(task_loss, theta)
-            stepped, _ = optimizer.step(theta, grad, None if state is None else state.detach())
-        # the step's graph is held until this loss's backward reaches it
-        with argmax_only() if self.variant == "exact" else nullcontext():
-            losses = [loss_fn(model(xm, stepped), ym) for xm, ym in meta_batches]
-        return torch.stack(losses).mean()
+        def sgd_step(th: Tensor, grad: Tensor) -> Tensor:
+            return optimizer.step(th, grad, state)[0]
+
+        return model.backend.loss_after_step(task_loss, sgd_step, meta_loss, theta,
+                                             differentiable=self.variant == "exact")
 
     def points_loss(
         self,
@@ -209,15 +203,16 @@ class WarpGrad:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Mean meta-loss over buffer points; each point draws its batches from its task."""
-        drawn = _point_batches(tasks, _pairs(points.task_index, points.step), generator)
+        pairs = _pairs(points.task_index, points.step)
+        batches = list(model.backend.warp_batches(tasks, pairs, generator))
         return self._batches_loss(model, loss_fn, optimizer, points.thetas, points.states,
-                                  list(drawn))
+                                  batches)
 
     def _batches_loss(self, model: WarpedModel, loss_fn: LossFn, optimizer: InnerSGD,
                       thetas: Tensor, states: Tensor | None,
-                      batches: list[tuple[Batch, list[Batch]]]) -> Tensor:
+                      batches: list[WarpBatches]) -> Tensor:
         """:meth:`points_loss` on batches already drawn: points ``thetas`` ``[n, P]``."""
-        if self.batched and len(thetas) > 1 and self._vmap_safe(model) and _stackable(batches):
+        if self.batched and len(thetas) > 1 and self._batchable(model, batches):
             inner_x = torch.stack([b[0][0] for b in batches])
             inner_y = torch.stack([b[0][1] for b in batches])
             meta_x = [torch.stack([b[1][j][0] for b in batches]) for j in range(len(batches[0][1]))]
@@ -225,14 +220,12 @@ class WarpGrad:
 
             def one(theta, state, ix, iy, mx, my):
                 return self.point_loss(model, loss_fn, optimizer, theta, state, (ix, iy),
-                                       list(zip(mx, my)), vmapped=True)
+                                       list(zip(mx, my)))
 
             state_dim = None if states is None else 0
-            exact = second_order if self.variant == "exact" else nullcontext
-            with model.plain_layout(), exact():
-                losses = torch.func.vmap(one, in_dims=(0, state_dim, 0, 0, 0, 0),
-                                         chunk_size=self.chunk_size, randomness="different")(
-                    thetas, states, inner_x, inner_y, meta_x, meta_y)
+            losses = torch.func.vmap(one, in_dims=(0, state_dim, 0, 0, 0, 0),
+                                     chunk_size=self.chunk_size, randomness="different")(
+                thetas, states, inner_x, inner_y, meta_x, meta_y)
             return losses.mean()
         total = 0.0
         for i, (inner, metas) in enumerate(batches):
@@ -242,14 +235,31 @@ class WarpGrad:
         return total / len(thetas)
 
     def _vmap_safe(self, model: WarpedModel) -> bool:
+        return self._why_not_vmapped(model) is None
+
+    def _why_not_vmapped(self, model: WarpedModel) -> str | None:
         if model.has_buffers:
-            return False
+            return "the model keeps running batch-norm statistics, which vmap cannot update"
         # vmap gets the fused batch norm's second-order gradient wrong (pytorch/functorch#534:
-        # 2.3e-3 off on Conv4 in float64); the library's own layers avoid it (models._norm)
+        # 2.3e-3 off on Conv4 in float64); the library's own layers avoid it
         norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
         fused = any(isinstance(m, norms) and not isinstance(m, EXACT_UNDER_VMAP)
                     for m in model.module.modules())
-        return not (self.variant == "exact" and fused)
+        if self.variant == "exact" and fused:
+            return ("the exact variant of a model with PyTorch's own batch norm, whose "
+                    "second-order gradient vmap gets wrong (use warpgrad.models.batch_norm)")
+        return None
+
+    def _batchable(self, model: WarpedModel, batches: list[WarpBatches]) -> bool:
+        """Whether the points can go through one vmap; says once why not, if not."""
+        reason = self._why_not_vmapped(model)
+        if reason is None and not _stackable(batches):
+            reason = "the points' batches differ in shape"
+        if reason is not None and reason not in self._said:
+            self._said.add(reason)
+            warnings.warn(f"WarpGrad(batched=True) evaluates points one at a time: {reason}",
+                          RuntimeWarning, stacklevel=3)
+        return reason is None
 
     # -- the two regimes ------------------------------------------------------------------
 
@@ -278,72 +288,28 @@ class WarpGrad:
         history = []
         n = len(buffer)
         # shuffle from a canonical (task, step) order, so that the order points were stored in
-        # (task after task, or step by step when tasks adapt together) does not matter
+        # does not matter
         keys = buffer.task_index[:n] * (int(buffer.step[:n].max()) + 1) + buffer.step[:n]
         canonical = torch.argsort(keys, stable=True)
         inputs = [p for group in meta_optimizer.param_groups for p in group["params"]]
-        graphs = graphs_of(model)
-        # what a graphed update reads besides its arguments: listed once (a walk over the
-        # modules costs ~0.1 ms of host time, as much as a replay on a GPU)
-        reads = [*reads_of(model, optimizer), *inputs] if graphs is not None else []
+        update_loss = partial(self._batches_loss, model, loss_fn, optimizer)
         for _ in range(self.epochs):
             order = canonical[torch.randperm(n, generator=generator)]
-            # the epoch's batches in its order, drawn a window of points ahead: nothing else
-            # draws from the generator until the epoch ends
-            drawn = _point_batches(tasks, _pairs(buffer.task_index[order], buffer.step[order]),
-                                   generator)
-            # one copy of the order to where the rows are read, not one per update
-            chunks = to_device(order, buffer.index_device).split(self.points_per_update)
-            for chunk in chunks:
+            drawn = model.backend.warp_batches(
+                tasks, _pairs(buffer.task_index[order], buffer.step[order]), generator)
+            for chunk in order.to(buffer.index_device).split(self.points_per_update):
                 meta_optimizer.zero_grad(set_to_none=True)
                 thetas, states = buffer.read(chunk)
                 batches = [next(drawn) for _ in range(len(chunk))]
-                if graphs is None:
-                    loss = self._batches_loss(model, loss_fn, optimizer, thetas, states, batches)
-                    torch.autograd.backward(loss, inputs=inputs)
-                else:
-                    loss = self._graphed_update(graphs, model, loss_fn, optimizer, thetas, states,
-                                                batches, inputs, reads)
+                loss = model.backend.backward(update_loss, (thetas, states, batches), inputs)
                 meta_optimizer.step()
-                history.append(detached(loss))
-        if graphs is not None:  # the last update's gradients outlive the graph's next replay
-            for p in inputs:
-                p.grad = None if p.grad is None else p.grad.clone()
+                history.append(loss)
         # read once at the end: a read per update would make the host wait for the device
         return torch.stack(history).tolist() if history else []
-
-    def _graphed_update(self, graphs: GraphCache, model: WarpedModel, loss_fn: LossFn,
-                        optimizer: InnerSGD, thetas: Tensor, states: Tensor | None,
-                        batches: list[tuple[Batch, list[Batch]]], inputs: list[Tensor],
-                        reads: list[Tensor]) -> Tensor:
-        """One update's meta-loss and meta-gradient (into ``inputs``' ``.grad``) replayed
-        from a CUDA graph, on the points' batches (drawn outside it); ``reads``: what it
-        reads besides its arguments. The gradients are the graph's own outputs, valid until
-        its next replay: the φ step reads them first."""
-        metas_per_point = [len(metas) for _, metas in batches]
-        tensors = [t for inner, metas in batches for batch in (inner, *metas) for t in batch]
-        has_states = states is not None
-
-        def update(thetas: Tensor, *rest: Tensor) -> list[Tensor | None]:
-            states, flat = (rest[0], rest[1:]) if has_states else (None, rest)
-            pairs = iter(zip(flat[::2], flat[1::2]))
-            drawn = [(next(pairs), [next(pairs) for _ in range(m)]) for m in metas_per_point]
-            loss = self._batches_loss(model, loss_fn, optimizer, thetas, states, drawn)
-            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-            return [loss.detach(), *grads]
-
-        name = ("warpgrad", self.variant, self.batched, self.chunk_size, loss_fn,
-                tuple(metas_per_point), switches_of(model))
-        args = [thetas, *([states] if has_states else []), *tensors]
-        loss, *grads = graphs(name, update, args, reads, fresh=False)
-        for p, g in zip(inputs, grads):
-            p.grad = g
-        return loss.clone()
 
 
 class _OnlineAccumulator:
     needs_final_loss = False
-    draws_batches = True  # each point's batches, from the adaptation's generator
 
     def __init__(self, objective: WarpGrad, model: WarpedModel, loss_fn: LossFn,
                  optimizer: InnerSGD, task: Task, generator: torch.Generator | None,
@@ -352,10 +318,8 @@ class _OnlineAccumulator:
         self.steps = steps
         self.optimizer, self.task, self.generator, self.scale = optimizer, task, generator, scale
         self.losses: list[Tensor] = []  # read by the learner once per meta-step, not here
-        self.share = objective.share_step and objective.variant != "no-step"
-        self.needs_step_graph = self.share and objective.variant == "exact"
-        # the shared step is WarpGrad's step at θ_k: float32 under bf16, as a fresh one is
-        self.needs_full_precision = self.share
+        self.reuses_steps = objective.share_step and objective.variant != "no-step"
+        self.needs_step_graph = self.reuses_steps and objective.variant == "exact"
         # the meta-parameters; backpropagating into nothing else skips θ_k's own gradient
         self.inputs = [p for p in (*model.warp_parameters().values(), *optimizer.parameters())
                        if p.requires_grad]
@@ -368,7 +332,7 @@ class _OnlineAccumulator:
         elif record.step % self.objective.stride and not final:
             return
         inner, metas = self.task.warp_batches(record.step, self.generator)
-        if self.share and not final:
+        if self.reuses_steps and not final:
             grad = record.grad_graph if self.needs_step_graph else record.grad
             stepped, _ = self.optimizer.step(record.theta, grad, record.state)
             loss = torch.stack([self.loss_fn(self.model(x, stepped), y)
@@ -386,27 +350,7 @@ def _pairs(task_index: Tensor, step: Tensor) -> list[tuple[int, int]]:
     return list(zip(task_index.tolist(), step.tolist()))
 
 
-def _point_batches(tasks: Sequence[Task], pairs: Sequence[tuple[int, int]],
-                   generator: torch.Generator | None) -> Iterator[tuple[Batch, list[Batch]]]:
-    """Each point's batches (:meth:`Task.warp_batches` of its task and step), in the order
-    of ``pairs`` ``(task index, step)``: the same draws in the same order, a window of
-    points at a time (one gather and augmentation per task and window, see
-    :func:`~warpgrad.tasks.base.draw_batches`). Tasks that make their own warp batches
-    (continual learning) are asked point by point."""
-    if any(type(t).warp_batches is not Task.warp_batches for t in tasks):
-        for t, s in pairs:
-            yield tasks[t].warp_batches(s, generator)
-        return
-    window = max(1, min(t.prefetch_window() for t in tasks) // 2)
-    for start in range(0, len(pairs), window):
-        group = pairs[start:start + window]
-        drawn = draw_batches([(tasks[t], split) for t, _ in group for split in ("train", "meta")],
-                             generator)
-        for i in range(len(group)):
-            yield drawn[2 * i], [drawn[2 * i + 1]]
-
-
-def _stackable(batches: list[tuple[Batch, list[Batch]]]) -> bool:
+def _stackable(batches: list[WarpBatches]) -> bool:
     first_inner, first_metas = batches[0]
     for inner, metas in batches:
         if len(metas) != len(first_metas):

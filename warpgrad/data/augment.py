@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from warpgrad._transfer import to_device
-
 __all__ = ["RandomAffine", "affine_theta", "warp_affine"]
 
 
@@ -109,7 +107,7 @@ class RandomAffine:
         scale = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 3]
         shear = (2 * u[:, 4] - 1) * self.shear
         theta = affine_theta(angle, scale, shift_x, shift_y, shear, size=tuple(x.shape[-2:]))
-        return warp_affine(x, to_device(theta, x.device).to(x.dtype))
+        return warp_affine(x, theta.to(x.device, x.dtype))
 
 
 def _check_images(x: Tensor) -> None:

@@ -352,7 +352,7 @@ def _render(recipe: GlyphRecipe, fonts: list[_Font], renderer: _Renderer,
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Run small batched tensor ops on ``n`` threads (restored afterwards): on a busy
-    2-core machine, oversubscribed intra-op threads made the render 3-5x slower."""
+    machine, oversubscribed intra-op threads make the render several times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(min(n, before))
     try:

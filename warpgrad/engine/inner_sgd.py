@@ -8,12 +8,13 @@ meta-learned (per run, per parameter tensor, or per parameter as in Meta-SGD).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
-from warpgrad.models.warped import ParamSpec
+if TYPE_CHECKING:
+    from warpgrad.models.warped import ParamSpec
 
 Granularity = Literal["global", "tensor", "element"]
 

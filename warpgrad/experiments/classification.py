@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from warpgrad import accel
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, check_methods, make_learner
 from warpgrad.data import (
     AlphabetTasks,
@@ -38,7 +39,6 @@ from warpgrad.data import (
     split_by_alphabet,
 )
 from warpgrad.models import conv4
-from warpgrad.models.warped import PRECISIONS
 from warpgrad.tasks import Task
 
 DATASETS = ("glyphs", "omniglot", "mini-imagenet", "tiered-imagenet")
@@ -95,12 +95,9 @@ class ClassificationConfig:
     batched: bool = False
     buffer_dtype: str = "float32"
     buffer_on_disk: bool = False
-    # speed switches (BENCHMARKS.md): channels-last and compile are the same computation (up
-    # to float rounding), bf16 is not
-    channels_last: bool = False
+    # speed (docs/performance.md): the accelerator gives the same numbers; bf16 does not
+    accelerate: bool = True
     precision: str = "fp32"
-    parallel_tasks: bool = False
-    compile: bool = False
     cuda_graphs: bool = False  # GPU only: replay fixed-shape passes from CUDA graphs
     # evaluation and bookkeeping
     eval_tasks: int = 600
@@ -117,7 +114,8 @@ class ClassificationConfig:
         _choice("warp_activation", self.warp_activation, ("none", "relu", "leaky_relu", "tanh"))
         _choice("batch_norm", self.batch_norm, ("batch", "running"))
         _choice("buffer_dtype", self.buffer_dtype, ("float32", "float16", "bfloat16"))
-        _choice("precision", self.precision, PRECISIONS)
+        _choice("precision", self.precision, accel.PRECISIONS)
+        check_accelerator(self)
         for name in ("n_way", "k_shot", "train_shots", "test_shots", "batch_size",
                      "n_train_tasks", "n_test_tasks", "image_size", "filters", "warp_depth",
                      "steps", "eval_steps", "iterations", "meta_batch", "points_per_update",
@@ -134,6 +132,15 @@ class ClassificationConfig:
     @property
     def in_channels(self) -> int:
         return 1 if self.dataset in ("glyphs", "omniglot") else 3
+
+
+def check_accelerator(config: Any) -> None:
+    """The accelerator's switches need the accelerator."""
+    if not config.accelerate:
+        for name, off in (("precision", "fp32"), ("cuda_graphs", False)):
+            if getattr(config, name, off) != off:
+                raise ValueError(f"{name}={getattr(config, name)} is a switch of the "
+                                 "accelerator; it needs accelerate=true")
 
 
 def _choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -228,8 +235,9 @@ class ClassificationExperiment:
             warp=c.warp if spec.needs_warps else None, warp_depth=c.warp_depth,
             warp_batch_norm=c.warp_batch_norm, warp_residual=c.warp_residual,
             warp_activation=None if c.warp_activation == "none" else c.warp_activation,
-            batch_norm=c.batch_norm, channels_last=c.channels_last, precision=c.precision,
-            compile=c.compile, cuda_graphs=c.cuda_graphs)
+            batch_norm=c.batch_norm)
+        if c.accelerate:
+            model = accel.convert(model, precision=c.precision, cuda_graphs=c.cuda_graphs)
         warp = (WarpGrad(c.warp_variant, c.warp_regime, epochs=c.warp_epochs,
                          points_per_update=c.points_per_update, stride=c.point_stride,
                          point_fraction=c.point_fraction,
@@ -238,8 +246,7 @@ class ClassificationExperiment:
         return make_learner(method, model.to(c.device), F.cross_entropy, steps=c.steps,
                             warp=warp, inner_lr=c.inner_lr, momentum=c.momentum,
                             warp_lr=c.warp_lr, init_lr=c.init_lr,
-                            meta_optimizer=c.meta_optimizer, seed=c.seed,
-                            parallel_tasks=c.parallel_tasks)
+                            meta_optimizer=c.meta_optimizer, seed=c.seed)
 
     def sample_meta_batch(self, generator: torch.Generator) -> Sequence[Task]:
         c = self.config

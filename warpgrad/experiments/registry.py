@@ -83,6 +83,10 @@ KINDS: dict[str, Kind] = {
 
 DEFAULT_EXPERIMENT = "glyphs-multishot"
 
+RETIRED_KEYS = frozenset({"channels_last", "compile", "parallel_tasks"})
+"""Speed switches of earlier releases that a recorded ``config.json`` may still hold: they
+changed nothing but float rounding, so a run that has them resumes without them."""
+
 
 def run_record(name: str, config: Any) -> dict[str, Any]:
     """What ``config.json`` holds: enough to rebuild the run (``--resume``, ``evaluate``)."""
@@ -180,9 +184,10 @@ def load_run(run_dir: Path) -> tuple[str, str, Any]:
     try:
         record = json.loads(path.read_text())
         kind = record["kind"]
-        config = _resolve(KINDS[kind].config, [OmegaConf.create(record["config"])], (), {})
+        recorded = {k: v for k, v in record["config"].items() if k not in RETIRED_KEYS}
+        config = _resolve(KINDS[kind].config, [OmegaConf.create(recorded)], (), {})
         return record["experiment"], kind, config
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, AttributeError, TypeError) as error:
         raise ConfigError(f"{path} is not a warpgrad run config ({error})") from error
 
 

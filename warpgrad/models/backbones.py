@@ -20,12 +20,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from warpgrad.models._conv import Conv2d
-from warpgrad.models._conv_block import ConvBlock
-from warpgrad.models._norm import BatchNorm2d
-from warpgrad.models._pool import MaxPool2d
+from warpgrad.models.batch_norm import BatchNorm2d
 from warpgrad.models.warp_layers import WarpKind, warp_stack
-from warpgrad.models.warped import Precision, WarpedModel
+from warpgrad.models.warped import WarpedModel
 
 
 def conv4(
@@ -41,10 +38,6 @@ def conv4(
     warp_residual: bool = False,
     warp_blocks: tuple[int, ...] = (1, 2, 3, 4),
     batch_norm: Literal["batch", "running"] = "batch",
-    channels_last: bool = False,
-    precision: Precision = "fp32",
-    compile: bool = False,
-    cuda_graphs: bool = False,
 ) -> WarpedModel:
     """Conv4 learner: 4 x [3x3 conv (pad 1) → 2x2 max-pool → BN → ReLU → warp], then a linear
     head. Spatial size 28→14→7→3→1 or 84→42→21→10→5.
@@ -59,8 +52,6 @@ def conv4(
         warp_blocks: which blocks (1-4) get a warp layer.
         batch_norm: ``"batch"`` (per-batch statistics, the default) or ``"running"``
             (per-task running statistics used at evaluation), see the module docstring.
-        channels_last, precision, compile, cuda_graphs: speed switches of
-            :class:`WarpedModel`, off by default (measured in BENCHMARKS.md).
 
     Returns:
         A :class:`WarpedModel` mapping ``[B, C, H, W]`` images to ``[B, num_classes]`` logits.
@@ -71,9 +62,9 @@ def conv4(
     warps = []
     size, channels = image_size, in_channels
     for i in range(1, 5):
-        layers[f"block{i}"] = ConvBlock(
-            Conv2d(channels, filters, 3, padding=1),
-            MaxPool2d(2),
+        layers[f"block{i}"] = nn.Sequential(
+            nn.Conv2d(channels, filters, 3, padding=1),
+            nn.MaxPool2d(2),
             BatchNorm2d(filters, track_running_stats=batch_norm == "running"),
             nn.ReLU(),
         )
@@ -88,8 +79,7 @@ def conv4(
         raise ValueError(f"image_size {image_size} is too small for four 2x2 poolings")
     layers["flatten"] = nn.Flatten()
     layers["head"] = nn.Linear(filters * size * size, num_classes)
-    return WarpedModel(nn.Sequential(layers), warps, channels_last=channels_last,
-                       precision=precision, compile=compile, cuda_graphs=cuda_graphs)
+    return WarpedModel(nn.Sequential(layers), warps)
 
 
 def mlp(

@@ -2,9 +2,9 @@
 
 A warp layer ω(·; φ) sits between task layers. During adaptation φ is frozen, yet every
 task-parameter gradient flows back through ω, so ω's Jacobian preconditions it. The kinds
-follow the paper's Omniglot ablation (PAPER.md, "Warp layers"): a per-channel scaling, a
-linear map (1x1 conv on feature maps), a 3x3 conv; each optionally followed by batch norm and
-an activation, optionally residual, and stackable.
+follow the paper's Omniglot ablation (``docs/paper.md``, "Warp layers"): a per-channel
+scaling, a linear map (1x1 conv on feature maps), a 3x3 conv; each optionally followed by
+batch norm and an activation, optionally residual, and stackable.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from warpgrad.models._conv import Conv2d
-from warpgrad.models._norm import BatchNorm1d, BatchNorm2d
+from warpgrad.models.batch_norm import BatchNorm1d, BatchNorm2d
 
 WarpKind = Literal["scale", "linear", "conv3x3"]
 
@@ -66,12 +65,12 @@ class WarpLayer(nn.Module):
         if kind == "scale":
             self.map: nn.Module = Scale(channels)
         elif kind == "linear":
-            self.map = (Conv2d(channels, channels, 1) if spatial
+            self.map = (nn.Conv2d(channels, channels, 1) if spatial
                         else nn.Linear(channels, channels))
         elif kind == "conv3x3":
             if not spatial:
                 raise ValueError("a conv3x3 warp needs feature maps; use kind='linear' on vectors")
-            self.map = Conv2d(channels, channels, 3, padding=1)
+            self.map = nn.Conv2d(channels, channels, 3, padding=1)
         else:
             raise ValueError(f"unknown warp kind {kind!r}; expected 'scale', 'linear' or 'conv3x3'")
         if init not in ("identity", "default"):

@@ -8,34 +8,13 @@ which the meta-optimiser updates in place.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from warpgrad.models._second_order import meta_backward_in_bf16
-from warpgrad.models._transforms import in_any_transform
-
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-
-
-def to_channels_last(x: Tensor) -> Tensor:
-    """``x [N, C, H, W]`` in the channels-last (NHWC) memory layout, same values.
-
-    For ``C == 1`` the NCHW and NHWC layouts hold the same bytes and ``.contiguous(
-    memory_format=torch.channels_last)`` is a no-op that convolution still reads as NCHW; the
-    strides are then set explicitly, so that every convolution after it keeps channels-last.
-    """
-    if x.shape[1] != 1:
-        return x.contiguous(memory_format=torch.channels_last)
-    x = x.contiguous()
-    _, _, h, w = x.shape
-    return x.as_strided(x.shape, (h * w, 1, w, 1))
+from warpgrad.engine.backend import REFERENCE, Backend
 
 
 @dataclass(frozen=True)
@@ -87,36 +66,15 @@ class WarpedModel(nn.Module):
         module: the learner. Its ``forward`` takes the input (and any extra arguments).
         warps: dotted names of the submodules that are warp layers (as in
             ``module.named_modules()``). An empty list gives a plain learner (MAML, Leap...).
-        channels_last: feed 4-D inputs ``[N, C, H, W]`` in the channels-last memory layout,
-            so convolutions and pooling run on NHWC data (the same computation, up to float
-            rounding; the library's batch norm keeps NCHW's accuracy). Off by default: on a
-            CPU, Conv4's blocks run channels-last anyway (``warpgrad.models._conv_block``),
-            so this matters for other convolutional learners and on GPUs.
-        precision: ``"fp32"``, or ``"bf16"`` to run the forward pass (and so its backward)
-            under ``torch.autocast`` in bfloat16. Parameters, θ, the optimiser and the outputs
-            stay float32. Faster where the hardware has bf16 units, but gradients are only
-            approximately those of fp32 (see BENCHMARKS.md): a speed switch, off by default.
-            WarpGrad's one step at θ_k always runs in float32 (:meth:`full_precision`): in
-            bf16 it put a 79% error into the meta-gradient at the multi-shot protocol.
-        compile: run the functional forward through ``torch.compile`` (TorchInductor), which
-            fuses the element-wise layers around the convolutions in the forward and backward
-            passes. The first call at each new input shape or gradient need compiles (seconds
-            to a minute on a CPU; needs a C++ compiler there). A compiled graph cannot be
-            differentiated twice, so a pass whose gradient is itself differentiated
-            (``create_graph``) must run inside :meth:`eager`, as the engine does for MAML's
-            adaptation and the exact shared step; under ``torch.func`` transforms the forward
-            stays eager. Meta-gradients equal the eager ones up to float rounding (tests,
-            float64). Off by default; measured in BENCHMARKS.md, figure 6.
-        cuda_graphs: replay the engine's fixed-shape passes from CUDA graphs
-            (:mod:`warpgrad.engine.graphs`): each adaptation step's loss and gradient (task
-            by task or all tasks at once) and each offline WarpGrad update's meta-gradient,
-            captured at the first call with a shape and replayed with one launch. On a GPU
-            eager PyTorch spends most of a Conv4 step launching kernels; a graph removes
-            that. Same results as eager (tests, float64); on the CPU the same plumbing runs
-            without capture (no gain). Not used for MAML's differentiable adaptation, the
-            online regime, or models with running batch-norm statistics. Off by default.
+
+    ``backend`` (attribute) is what runs the hot operations of the engine and the
+    meta-objectives for this model (:class:`~warpgrad.engine.backend.Backend`): the
+    reference implementation unless the model went through :func:`warpgrad.accel.convert`.
 
     Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from warpgrad import WarpedModel
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.Linear(40, 1))
         >>> model = WarpedModel(net, warps=["2"])
         >>> model.warp_names
@@ -125,18 +83,10 @@ class WarpedModel(nn.Module):
         >>> y = model(torch.zeros(5, 1), theta)  # f(x; θ, φ) without touching module state
     """
 
-    def __init__(self, module: nn.Module, warps: Iterable[str] = (), *,
-                 channels_last: bool = False, precision: Precision = "fp32",
-                 compile: bool = False, cuda_graphs: bool = False) -> None:
+    def __init__(self, module: nn.Module, warps: Iterable[str] = ()) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.module = module
-        self.channels_last = channels_last
-        self.precision = precision
-        self.compile_forward = compile
-        self._compiled: object | None = None  # built on first use: compiling is lazy anyway
-        self.cuda_graphs = cuda_graphs
+        self.backend: Backend = REFERENCE
         warps = tuple(warps)
         submodules = dict(module.named_modules())
         unknown = [w for w in warps if w not in submodules or w == ""]
@@ -207,65 +157,13 @@ class WarpedModel(nn.Module):
             params.update(phi)
         if buffers is None:
             buffers = self.task_buffers()
-        if self.channels_last and x.dim() == 4:
-            x = to_channels_last(x)
-        run = self._run
-        # under torch.func transforms (vmap, grad) dynamo gives up on the frame for good, so
-        # those calls stay eager
-        if self.compile_forward and not in_any_transform():
-            if self._compiled is None:
-                self._compiled = torch.compile(self._run)
-            run = self._compiled
-        return run(params, buffers, x, *args)
-
-    def _run(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
-             *args) -> object:
-        if self.precision == "fp32":
-            return functional_call(self.module, (params, buffers), (x, *args), strict=False)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            out = functional_call(self.module, (params, buffers), (x, *args), strict=False)
-        return _to_float32(out)
-
-    def __getstate__(self) -> dict:
-        # the compiled callable and the captured graphs read this instance's tensors: a
-        # copy compiles and captures its own
-        return {**super().__getstate__(), "_compiled": None, "_graph_cache": None}
+        return self.backend.forward(self.module, params, buffers, x, *args)
 
     @property
     def has_buffers(self) -> bool:
         """Whether the module keeps buffers (e.g. running batch-norm statistics), which batch
         norm updates in place and ``torch.func.vmap`` therefore cannot batch."""
         return next(self.module.buffers(), None) is not None
-
-    def plain_layout(self) -> AbstractContextManager[None]:
-        """Inside the block, inputs keep their own memory layout: ``torch.func.vmap`` hides a
-        dimension, and channels-last cannot be set on the 4-D view of a 5-D tensor."""
-        return self._switched("channels_last", False)
-
-    @contextmanager
-    def full_precision(self) -> Iterator[None]:
-        """Inside the block the forward runs in float32 even with ``precision="bf16"``: for
-        passes whose rounding the result cannot absorb (WarpGrad's one step at θ_k). The
-        backward through the pass that builds no graph (the meta-gradient's) still runs its
-        convolutions in bf16 under a bf16 model (``_second_order.meta_backward_in_bf16``)."""
-        scope = meta_backward_in_bf16() if self.precision == "bf16" else nullcontext()
-        with scope, self._switched("precision", "fp32"):
-            yield
-
-    def eager(self) -> AbstractContextManager[None]:
-        """Inside the block the forward runs eagerly even with ``compile=True``: for passes
-        whose gradient is itself differentiated (``create_graph``), which compiled graphs
-        cannot do."""
-        return self._switched("compile_forward", False)
-
-    @contextmanager
-    def _switched(self, switch: str, value: object) -> Iterator[None]:
-        saved = getattr(self, switch)
-        setattr(self, switch, value)
-        try:
-            yield
-        finally:
-            setattr(self, switch, saved)
 
     def describe(self) -> str:
         """A table of every parameter, its shape and whether it is task (θ) or warp (φ)."""
@@ -276,12 +174,3 @@ class WarpedModel(nn.Module):
         rows.append(f"task parameters: {self.task_spec.numel:,}  warp parameters: "
                     f"{self.warp_spec.numel:,}")
         return "\n".join(rows)
-
-
-def _to_float32(value: object) -> object:
-    """Autocast outputs back to float32 (tensors, and tensors inside tuples and lists)."""
-    if isinstance(value, Tensor):
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_float32(v) for v in value)
-    return value

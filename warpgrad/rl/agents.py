@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from warpgrad._optim import Adam
 from warpgrad.models import WarpedModel, warped_lstm
 from warpgrad.rl.a2c import A2C, Rollout
 from warpgrad.rl.maze import NUM_ACTIONS, OBSERVATION_SIZE, MazeEnv
@@ -115,8 +114,8 @@ class EpisodeTrainer:
         self.warp_every, self.clip = warp_every, clip
         self.task_params: list[nn.Parameter] = list(policy.task_parameters().values())
         self.warp_params: list[nn.Parameter] = list(policy.warp_parameters().values())
-        self.task_optimizer = Adam(self.task_params, lr=lr)
-        self.warp_optimizer = (Adam(self.warp_params, lr=warp_lr)
+        self.task_optimizer = torch.optim.Adam(self.task_params, lr=lr)
+        self.warp_optimizer = (torch.optim.Adam(self.warp_params, lr=warp_lr)
                                if self.warp_params else None)
         self.episodes = 0
 

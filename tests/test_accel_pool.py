@@ -1,6 +1,7 @@
-"""The library's max-pooling (warpgrad.models._pool): F.max_pool2d's values and derivatives
+"""The accelerator's max-pooling (warpgrad.accel.pool): F.max_pool2d's values and derivatives
 to second order, ties included, while it saves only a small-integer argmax for its backward,
-and nn.MaxPool2d itself wherever its path does not apply."""
+and nn.MaxPool2d itself wherever its path does not apply. The reference side of every
+comparison is PyTorch's ``F.max_pool2d`` / ``nn.MaxPool2d``, what an unconverted model runs."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.helpers import calls_of
-from warpgrad import conv4
-from warpgrad.models import _pool
-from warpgrad.models._pool import MaxPool2d, argmax_only, max_pool2d
-from warpgrad.models._second_order import second_order
+from warpgrad import accel, conv4
+from warpgrad.accel import pool as accel_pool
+from warpgrad.accel.pool import MaxPool2d, max_pool2d
+from warpgrad.accel.scopes import ARGMAX_ONLY, SECOND_ORDER
 
 
 @pytest.fixture
 def in_second_order():
-    with second_order():
+    with SECOND_ORDER:
         yield
 
 
@@ -56,13 +57,19 @@ def _derivatives(pool, x, seed=3):
     return out, first, second
 
 
+def _spy(monkeypatch) -> list[int]:
+    return calls_of(monkeypatch, accel_pool._MaxPool2d)
+
+
 @pytest.mark.usefixtures("in_second_order")
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("ties", [False, True])
-def test_values_and_derivatives_match_f_max_pool2d(shape, channels_last, ties):
+def test_values_and_derivatives_match_f_max_pool2d(monkeypatch, shape, channels_last, ties):
+    calls = _spy(monkeypatch)
     x = _input(shape, channels_last, ties)
     ours = _derivatives(lambda t: max_pool2d(t, 2), x)
+    assert calls  # the accelerator's function, not F.max_pool2d
     theirs = _derivatives(lambda t: F.max_pool2d(t, 2), x)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same elements, picked alike
@@ -112,19 +119,17 @@ def test_saves_a_small_integer_argmax_and_not_the_input():
                                _derivatives(lambda t: F.max_pool2d(t, 2), big), rtol=0, atol=0)
 
 
-def _spy(monkeypatch) -> list[int]:
-    return calls_of(monkeypatch, _pool._MaxPool2d)
-
-
 def test_argmax_only_scope_extends_it_to_first_order_passes(monkeypatch):
     calls = _spy(monkeypatch)
     x = _input((2, 3, 8, 8), True)
-    plain = _derivatives(lambda t: MaxPool2d(2)(t), x)
-    assert not calls
-    with argmax_only():
+    plain = _derivatives(lambda t: nn.MaxPool2d(2)(t), x)
+    outside = _derivatives(lambda t: MaxPool2d(2)(t), x)
+    assert not calls  # outside both scopes: nn.MaxPool2d's own path
+    with ARGMAX_ONLY:
         ours = _derivatives(lambda t: MaxPool2d(2)(t), x)
     assert calls
     torch.testing.assert_close(ours, plain, rtol=0, atol=0)
+    torch.testing.assert_close(outside, plain, rtol=0, atol=0)
 
 
 @pytest.mark.usefixtures("in_second_order")
@@ -149,7 +154,7 @@ def test_nn_max_pool2d_outside_the_scope_without_grad_under_vmap_and_for_other_w
     pool = MaxPool2d(2)
     pool(x).sum().backward()  # a first-order pass
     assert not calls
-    with second_order():
+    with SECOND_ORDER:
         with torch.no_grad():
             pool(x)
         batched = torch.func.vmap(pool)(x.unsqueeze(1))
@@ -168,8 +173,11 @@ def test_nn_max_pool2d_outside_the_scope_without_grad_under_vmap_and_for_other_w
     assert calls
 
 
-def test_module_is_an_nn_max_pool2d_and_conv4_uses_it():
+def test_module_is_an_nn_max_pool2d_and_a_converted_conv4_uses_it():
     assert isinstance(MaxPool2d(2), nn.MaxPool2d)
     assert repr(MaxPool2d(2)) == repr(nn.MaxPool2d(2))
-    model = conv4(5, filters=4)
+    reference = conv4(5, filters=4)
+    assert sum(isinstance(m, MaxPool2d) for m in reference.modules()) == 0
+    assert sum(isinstance(m, nn.MaxPool2d) for m in reference.modules()) == 4
+    model = accel.convert(conv4(5, filters=4))
     assert sum(isinstance(m, MaxPool2d) for m in model.modules()) == 4

@@ -3,13 +3,16 @@
 PyTorch wraps ``Optimizer.add_param_group``, ``zero_grad``, ``state_dict`` and
 ``load_state_dict`` in ``torch._disable_dynamo``, and every optimiser's ``step`` in a helper
 that puts graph breaks around it; both import ``torch._dynamo`` on their first call, which
-imports sympy, ``torch.fx``'s symbolic shapes and ~800 modules: 1.3 s and 74 MB of resident
-memory (2.13, measured on a 2-core CPU), a sixth of a multi-shot WarpGrad process's memory
-besides its replay buffer. The library never compiles an optimiser step, so the subclasses
+imports sympy, ``torch.fx``'s symbolic shapes and ~800 modules: seconds of start-up and tens
+of MB of resident memory per process (docs/performance.md). The accelerator never compiles
+an optimiser step, so the subclasses
 here call the undecorated methods (``__wrapped__``, which ``functools.wraps`` records) and
 run ``step`` under ``torch.no_grad()``, which is what the wrapper does for a
 non-differentiable optimiser. Everything else, the state-dict format included, is
 PyTorch's; they are ``torch.optim`` optimisers to schedulers and checkpoints.
+
+The unwrapping relies on PyTorch's private decorators; ``tests/test_accel_optim.py`` fails
+loudly when a PyTorch release changes them.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 glibc's malloc serves every block above its mmap threshold (at most 32 MB, usually far less)
 with a fresh ``mmap`` and returns it with ``munmap`` when freed. A Conv4 step at batch 128
 allocates and frees activations of ~25 MB dozens of times, so each of them is page-faulted
-and zeroed by the kernel again on every forward and backward pass: ~20% of a WarpGrad
-meta-iteration's time on CPU (BENCHMARKS.md). Raising the thresholds once makes malloc reuse
+and zeroed by the kernel again on every forward and backward pass (docs/performance.md has
+what that costs). Raising the thresholds once makes malloc reuse
 those blocks. Peak memory barely moves (the same blocks are reused); the resident size just
 does not shrink between passes.
 

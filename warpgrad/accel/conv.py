@@ -1,33 +1,26 @@
 """2-D convolution whose second derivative computes only the terms that are asked for.
 
-PyTorch 2.13's double backward of a convolution (``_convolution_double_backward``) does not
-look at which of the convolution's inputs need a gradient: given the gradients of both
+PyTorch's double backward of a convolution (``_convolution_double_backward``) does not look
+at which of the convolution's inputs need a gradient: given the gradients of both
 gradients, it always computes the gradient for the input and the one for the weight. In
 WarpGrad's exact meta-gradient (and MAML's), differentiated in φ at a constant θ_k, two of
-them are thrown away:
+them are thrown away: the first layer's input is the data, which needs no gradient, and the
+task layers' weights are θ_k, a constant. It also computes the weight gradient it keeps
+(the warp layers', φ) as a convolution of transposed tensors, which runs at about half the
+speed of the weight-gradient kernel (docs/performance.md). :func:`conv2d` is ``F.conv2d``
+with a backward that is itself an :class:`torch.autograd.Function`, whose backward computes
+only what its inputs need, with the convolution kernels. The values are the same sums,
+perhaps in another order (equal to PyTorch's to 1e-12 in float64, tests).
 
-- the first layer's input is the data, which needs no gradient; at the multi-shot Omniglot
-  protocol that transposed convolution of ``[128, 64, 28, 28]`` into ``[128, 1, 28, 28]``
-  takes ~9 ms of an exact buffer point's ~350 ms on 2 CPU cores;
-- the task layers' weights are θ_k, a constant: three more convolutions, ~20 ms a point.
+It applies to passes whose gradient is differentiated again, inside
+:data:`~warpgrad.accel.scopes.SECOND_ORDER` (elsewhere its two Python-level functions cost
+more than they save), and where the CPU paths apply: plain autograd and
+``torch.func.grad`` on the CPU. Elsewhere (first-order passes, ``vmap``, GPUs) it is
+``F.conv2d``.
 
-It also computes the weight gradient it keeps (the warp layers', φ) as a convolution of
-transposed tensors, which ran at ~116 GFLOP/s against ~230 for the weight-gradient kernel
-(BENCHMARKS.md). :func:`conv2d` is ``F.conv2d`` with a backward that is itself an
-:class:`torch.autograd.Function`, whose backward computes only what its inputs need, with the
-convolution kernels. The values are the same sums, perhaps in another order (equal to
-PyTorch's to 1e-12 in float64, tests).
-
-It applies to passes whose gradient is differentiated again, which open
-:func:`~warpgrad.models._second_order.second_order` (elsewhere its two Python-level
-functions cost more than they save: ~0.25 ms a convolution, 3-4% of a first-order
-adaptation step), and where the library's CPU fast paths apply: plain autograd and
-``torch.func.grad`` on the CPU, outside ``torch.compile``. Elsewhere (first-order passes,
-``vmap``, compiled graphs, GPUs) it is ``F.conv2d``.
-
-Under a bf16 model WarpGrad's step runs in float32 (``WarpedModel.full_precision``), and a
-convolution recorded there runs the meta-gradient's backward through it in bfloat16, the
-step's own gradient in float32 (:func:`~warpgrad.models._second_order.meta_backward_in_bf16`).
+Under a bf16 model WarpGrad's step runs in float32, and a convolution recorded there runs
+the meta-gradient's backward through it in bfloat16, the step's own gradient in float32
+(:data:`~warpgrad.accel.scopes.META_BACKWARD_BF16`).
 """
 
 from __future__ import annotations
@@ -36,12 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from warpgrad._autograd import Function
-from warpgrad.models._second_order import META_BACKWARD_BF16, SECOND_ORDER, meta_backward_now
-from warpgrad.models._transforms import eager_cpu
-
-ENABLED = True
-"""Whether :func:`conv2d` may take its own backward (tests compare both ways)."""
+from warpgrad.accel.autograd import Function
+from warpgrad.accel.scopes import META_BACKWARD_BF16, SECOND_ORDER, meta_backward_now
+from warpgrad.accel.transforms import eager_cpu
 
 _Pair = tuple[int, int]
 
@@ -70,12 +60,13 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: _Pair 
 
 
 def _applies(x: Tensor) -> bool:
-    return ENABLED and bool(SECOND_ORDER) and torch.is_grad_enabled() and eager_cpu(x)
+    return bool(SECOND_ORDER) and torch.is_grad_enabled() and eager_cpu(x)
 
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (the same parameters and state-dict keys) that convolves with
-    :func:`conv2d` where it applies; other padding modes and string padding as before."""
+    :func:`conv2d` where it applies; other padding modes and string padding as before.
+    :func:`warpgrad.accel.convert` puts it in place of a model's ``nn.Conv2d``."""
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str):

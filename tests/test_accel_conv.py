@@ -1,12 +1,13 @@
-"""The library's convolution (warpgrad.models._conv): F.conv2d's values and derivatives to
+"""The accelerator's convolution (warpgrad.accel.conv): F.conv2d's values and derivatives to
 second order for every combination of inputs that need a gradient, while its second
 derivative skips the terms nobody asked for (the data's gradient, a constant θ's), and the
-plain F.conv2d wherever its path does not apply."""
+plain F.conv2d wherever its path does not apply. The reference side of every comparison is
+PyTorch's own ``F.conv2d`` / ``nn.Conv2d``, what an unconverted model runs."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -15,17 +16,18 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.helpers import calls_of
-from warpgrad.models import _conv
-from warpgrad.models._conv import Conv2d, conv2d
-from warpgrad.models._second_order import meta_backward_in_bf16, second_order
+from warpgrad.accel import conv as accel_conv
+from warpgrad.accel.conv import Conv2d, conv2d
+from warpgrad.accel.scopes import META_BACKWARD_BF16, SECOND_ORDER
 
 
 @pytest.fixture
 def in_second_order():
     """The convolution's own backward applies to passes whose gradient is differentiated
-    again, which open this scope."""
-    with second_order():
+    again, which the accelerated backend opens this scope around."""
+    with SECOND_ORDER:
         yield
+
 
 CONFIGS = [  # stride, padding, dilation, groups, bias
     ((1, 1), (1, 1), (1, 1), 1, True),
@@ -86,12 +88,14 @@ def _derivatives(conv, inputs, needs, seed=3):
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("needs", [n for n in itertools.product([False, True], repeat=3)
                                    if any(n)])
-def test_first_and_second_derivatives_match_f_conv2d(config, needs):
+def test_first_and_second_derivatives_match_f_conv2d(monkeypatch, config, needs):
+    calls = calls_of(monkeypatch, accel_conv._Conv2d)
     inputs = _tensors(config, channels_last=True)
     needs = tuple(need and t is not None for t, need in zip(inputs, needs, strict=True))
     if not any(needs):
         pytest.skip("no input that exists needs a gradient")
     ours = _derivatives(_ours(config), inputs, needs)
+    assert calls  # the accelerator's function, not F.conv2d
     theirs = _derivatives(_theirs(config), inputs, needs)
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs, strict=True):
@@ -119,11 +123,15 @@ class _ConvOutputs(TorchDispatchMode):
         return out
 
 
-def _second_derivative_convolutions(enabled: bool):
+def _f_conv2d(x, w, b, stride, padding):
+    return F.conv2d(x, w, b, stride, padding)
+
+
+def _second_derivative_convolutions(convolve):
     """The φ-gradient of ⟨v, ∇_θ L(θ, φ)⟩ at a constant θ on x → conv θ1 → conv φ → conv θ2
-    (the part of WarpGrad's exact meta-gradient that differentiates the inner gradient):
-    every shape its convolutions return, and the gradient."""
-    _conv.ENABLED = enabled
+    (the part of WarpGrad's exact meta-gradient that differentiates the inner gradient),
+    with ``convolve`` (the accelerator's ``conv2d`` or ``F.conv2d``): every shape its
+    convolutions return, and the gradient."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64)
     theta = torch.randn(3 * 2 * 9 + 5 * 3 * 9, generator=g, dtype=torch.float64)
@@ -132,9 +140,9 @@ def _second_derivative_convolutions(enabled: bool):
 
     def loss(th):
         w1, w2 = th[:54].view(3, 2, 3, 3), th[54:].view(5, 3, 3, 3)
-        h = conv2d(x, w1, None, (1, 1), (1, 1))
-        h = conv2d(h, phi, None, (1, 1), (1, 1))
-        return conv2d(h, w2, None, (1, 1), (1, 1)).square().mean()
+        h = convolve(x, w1, None, (1, 1), (1, 1))
+        h = convolve(h, phi, None, (1, 1), (1, 1))
+        return convolve(h, w2, None, (1, 1), (1, 1)).square().mean()
 
     meta = (torch.func.grad(loss)(theta) * v).sum()
     with _ConvOutputs() as seen:
@@ -144,12 +152,8 @@ def _second_derivative_convolutions(enabled: bool):
 
 @pytest.mark.usefixtures("in_second_order")
 def test_second_derivative_skips_the_datas_and_constant_thetas_gradients():
-    saved = _conv.ENABLED
-    try:
-        plain_shapes, plain = _second_derivative_convolutions(False)
-        shapes, grad = _second_derivative_convolutions(True)
-    finally:
-        _conv.ENABLED = saved
+    plain_shapes, plain = _second_derivative_convolutions(_f_conv2d)
+    shapes, grad = _second_derivative_convolutions(conv2d)
     unneeded = {(4, 2, 8, 8), (3, 2, 3, 3), (5, 3, 3, 3)}  # x's and θ's shapes
     assert unneeded & set(plain_shapes)  # PyTorch's double backward computes them
     assert not unneeded & set(shapes)
@@ -159,10 +163,11 @@ def test_second_derivative_skips_the_datas_and_constant_thetas_gradients():
 
 def _meta_gradient_parts(dtype, bf16_block: bool, create_graph: bool = False,
                          backward_in_block: bool = False):
-    """WarpGrad's exact meta-gradient on x → conv θ1 → conv φ → conv θ2 → loss, as the library
-    takes it under a bf16 model: the step's gradient ∇_θ L(θ, φ) inside the float32 block,
-    then φ's gradient of ⟨v, ∇_θ L⟩ (the step's part of the meta-gradient). Returns the
-    step's gradient, φ's gradient and the dtypes the convolutions computed that in."""
+    """WarpGrad's exact meta-gradient on x → conv θ1 → conv φ → conv θ2 → loss, as the
+    accelerated backend takes it under a bf16 model: the step's gradient ∇_θ L(θ, φ) inside
+    the float32 block, then φ's gradient of ⟨v, ∇_θ L⟩ (the step's part of the
+    meta-gradient). Returns the step's gradient, φ's gradient and the dtypes the
+    convolutions computed that in."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64).to(dtype)
     theta = (torch.randn(3 * 2 * 9 + 5 * 3 * 9, generator=g, dtype=torch.float64) / 3).to(dtype)
@@ -176,8 +181,8 @@ def _meta_gradient_parts(dtype, bf16_block: bool, create_graph: bool = False,
         h = conv2d(h, phi, None, (1, 1), (1, 1))
         return conv2d(h, w2, None, (1, 1), (1, 1)).square().mean()
 
-    with second_order():
-        with meta_backward_in_bf16() if bf16_block else contextlib.nullcontext():
+    with SECOND_ORDER:
+        with META_BACKWARD_BF16 if bf16_block else nullcontext():
             step = torch.func.grad(loss)(theta)
             if backward_in_block:
                 with _ConvOutputs() as seen:
@@ -207,25 +212,30 @@ def test_the_meta_backward_through_a_float32_pass_of_a_bf16_model_runs_in_bf16()
 
 
 def _spy(monkeypatch) -> list[int]:
-    return calls_of(monkeypatch, _conv._Conv2d)
+    return calls_of(monkeypatch, accel_conv._Conv2d)
+
+
+def _twins(*args, **kwargs) -> tuple[Conv2d, nn.Conv2d]:
+    """The accelerator's layer and ``nn.Conv2d``, with equal parameters."""
+    torch.manual_seed(0)
+    ours = Conv2d(*args, **kwargs)
+    torch.manual_seed(0)
+    return ours, nn.Conv2d(*args, **kwargs)
 
 
 @pytest.mark.usefixtures("in_second_order")
-def test_bf16_autocast_convolves_in_bf16_and_reaches_float32_weights():
-    layer = Conv2d(3, 4, 3, padding=1)
+def test_bf16_autocast_convolves_in_bf16_and_reaches_float32_weights(monkeypatch):
+    calls = _spy(monkeypatch)
     x = torch.randn(2, 3, 6, 6)
     results = []
-    for enabled in (False, True):
-        _conv.ENABLED = enabled
-        try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = layer(x)
-        finally:
-            _conv.ENABLED = True
+    for layer in reversed(_twins(3, 4, 3, padding=1)):  # nn.Conv2d, then ours
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
         assert out.dtype == torch.bfloat16
         grads = torch.autograd.grad(out.float().square().sum(), list(layer.parameters()))
         assert all(g.dtype == torch.float32 for g in grads)
         results.append([out.float(), *grads])
+    assert calls  # ours ran its own function under autocast
     for ours, theirs in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(ours, theirs)
 
@@ -248,7 +258,7 @@ def test_plain_f_conv2d_outside_the_scope_without_grad_under_vmap_and_other_padd
     x = torch.randn(4, 2, 5, 5, dtype=torch.float64)
     layer(x).sum().backward()  # a first-order pass
     assert not calls
-    with second_order():
+    with SECOND_ORDER:
         with torch.no_grad():
             layer(x)
         batched = torch.func.vmap(layer)(x.unsqueeze(1))
@@ -262,10 +272,7 @@ def test_plain_f_conv2d_outside_the_scope_without_grad_under_vmap_and_other_padd
 
 
 def test_module_keeps_nn_conv2d_parameters_and_state_dict():
-    torch.manual_seed(0)
-    ours = Conv2d(2, 3, 3, padding=1)
-    torch.manual_seed(0)
-    theirs = nn.Conv2d(2, 3, 3, padding=1)
+    ours, theirs = _twins(2, 3, 3, padding=1)
     assert isinstance(ours, nn.Conv2d)
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):

@@ -1,8 +1,8 @@
-"""CUDA graphs for the engine's fixed-shape passes (``WarpedModel(cuda_graphs=True)``).
+"""CUDA graphs for the engine's fixed-shape passes (``convert(model, cuda_graphs=True)``).
 
 On a GPU, a Conv4 step at the multi-shot protocol's shapes is a few hundred tiny kernels,
 and eager PyTorch spends far longer launching them than the GPU spends running them
-(BENCHMARKS.md, GPU section: 6 ms per adaptation step on an H100, the bare loop no faster).
+(docs/performance.md).
 A CUDA graph records the kernels of one pass once and replays them with one launch.
 
 :class:`GraphCache` captures a *pure* function of tensors (no in-place change to anything it
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from warpgrad._autograd import detached
-from warpgrad._scope import Scope
+from warpgrad.accel.autograd import detached
+from warpgrad.accel.scopes import Scope
 
 GraphedFn = Callable[..., Sequence[Tensor | None]]
 """A pure function of tensors returning tensors (``None`` where, e.g., a gradient does not
@@ -134,25 +134,7 @@ def _rehearsal(fn: GraphedFn, args: Sequence[Tensor]) -> _Captured:
     return _Captured([a.detach().clone() for a in args], [], None, fn)
 
 
-def graphs_of(model: torch.nn.Module) -> GraphCache | None:
-    """The model's graph cache when it was built with ``cuda_graphs=True``, else ``None``.
-    Kept on the model (one cache per learner; copies start their own)."""
-    if not getattr(model, "cuda_graphs", False):
-        return None
-    cache = getattr(model, "_graph_cache", None)
-    if cache is None:
-        cache = GraphCache()
-        model._graph_cache = cache
-    return cache
-
-
 def reads_of(*modules: torch.nn.Module) -> list[Tensor]:
     """What a graphed pass of these modules reads besides its arguments: their parameters
     and buffers (φ, θ_0, the inner optimiser's learning rates)."""
     return [t for m in modules for t in (*m.parameters(), *m.buffers())]
-
-
-def switches_of(model: torch.nn.Module) -> tuple:
-    """The model switches a pass depends on (part of every graph's name)."""
-    return tuple(getattr(model, s, None) for s in ("precision", "channels_last",
-                                                   "compile_forward"))

@@ -1,7 +1,8 @@
-"""Conv4's blocks run channels-last on the CPU (warpgrad.models._conv_block), with batch
-norm kept accurate there (warpgrad.models._norm): the same values and gradients as the plain
-NCHW ``nn.Sequential``, to second order, under ``torch.func.grad`` too, and the plain block
-wherever that path does not apply."""
+"""A converted Conv4's blocks run channels-last on the CPU (warpgrad.accel.blocks), with batch
+norm kept accurate there (warpgrad.accel.norm): the same values and gradients as the
+reference model's NCHW ``nn.Sequential`` blocks, to second order, under ``torch.func.grad``
+too, and the plain block wherever that path does not apply. The reference side of every
+comparison is a block or model that did not go through ``accel.convert``."""
 
 from __future__ import annotations
 
@@ -13,12 +14,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warpgrad import MetaLearner, conv4
+from warpgrad import MetaLearner, WarpedModel, accel, conv4
+from warpgrad.accel import blocks as accel_blocks
+from warpgrad.accel.blocks import ConvBlock
+from warpgrad.accel.conv import Conv2d
+from warpgrad.accel.norm import BatchNorm2d, channels_last_batch_norm
+from warpgrad.accel.pool import MaxPool2d
+from warpgrad.accel.transforms import to_channels_last
 from warpgrad.algorithms import Leap, WarpGrad
-from warpgrad.models import _conv_block
-from warpgrad.models._conv_block import ConvBlock
-from warpgrad.models._norm import BatchNorm2d, channels_last_batch_norm
+from warpgrad.models import batch_norm
 from warpgrad.tasks import Task
+
+
+def test_channels_last_view_holds_the_same_values_in_nhwc():
+    for x in (torch.randn(2, 1, 5, 4), torch.randn(2, 3, 5, 4),
+              torch.randn(2, 1, 9, 9)[:, :, 1:6, 2:6]):  # not contiguous
+        y = to_channels_last(x)
+        torch.testing.assert_close(y, x, rtol=0, atol=0)
+        assert y.stride(1) == 1  # channels innermost
 
 
 def _activation(shape=(3, 4, 7, 7), dtype=torch.float64, seed=0) -> torch.Tensor:
@@ -48,15 +61,36 @@ def test_both_pooling_kernels_pick_the_same_element_of_every_window(shape, dtype
 def _spy(monkeypatch) -> list[int]:
     """Counts the blocks that took the channels-last path."""
     calls: list[int] = []
-    convert = _conv_block.to_channels_last
-    monkeypatch.setattr(_conv_block, "to_channels_last", lambda x: calls.append(1) or convert(x))
+    convert = accel_blocks.to_channels_last
+    monkeypatch.setattr(accel_blocks, "to_channels_last",
+                        lambda x: calls.append(1) or convert(x))
     return calls
 
 
-def _block(in_channels: int, dtype=torch.float64, seed=0) -> ConvBlock:
+def _plain_block(in_channels: int, dtype=torch.float64, seed=0) -> nn.Sequential:
+    """A Conv4 block as the reference model builds it."""
     torch.manual_seed(seed)
-    return ConvBlock(nn.Conv2d(in_channels, 6, 3, padding=1), nn.MaxPool2d(2),
-                     BatchNorm2d(6, track_running_stats=False), nn.ReLU()).to(dtype)
+    return nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), nn.MaxPool2d(2),
+                         batch_norm.BatchNorm2d(6, track_running_stats=False),
+                         nn.ReLU()).to(dtype)
+
+
+def _converted(block: nn.Sequential) -> ConvBlock:
+    """A copy of ``block`` as ``accel.convert`` turns it inside a model."""
+    fast = accel.convert(WarpedModel(nn.Sequential(copy.deepcopy(block)))).module[0]
+    assert type(fast) is ConvBlock
+    return fast
+
+
+def _block(in_channels: int, dtype=torch.float64, seed=0) -> ConvBlock:
+    return _converted(_plain_block(in_channels, dtype, seed))
+
+
+def test_conversion_swaps_every_layer_of_the_block():
+    plain = _plain_block(2)
+    fast = _converted(plain)
+    assert [type(m) for m in fast] == [Conv2d, MaxPool2d, BatchNorm2d, nn.ReLU]
+    assert fast.state_dict().keys() == plain.state_dict().keys()
 
 
 def _images(n: int, channels: int, size: int, dtype=torch.float64, seed=1) -> torch.Tensor:
@@ -75,20 +109,20 @@ def test_block_gives_the_plain_blocks_values_and_gradients(monkeypatch, channels
     """``every``: 2 feeds every other image, a view that is not contiguous (as a task's whole
     training set can be)."""
     calls = _spy(monkeypatch)
-    block = _block(channels)
+    plain_block = _plain_block(channels)
+    fast_block = _converted(plain_block)
     x = _images(10, channels, size)[::every]
 
-    def run(channels_last: bool) -> list[torch.Tensor]:
-        monkeypatch.setattr(_conv_block, "CHANNELS_LAST", channels_last)
+    def run(block: nn.Module) -> list[torch.Tensor]:
         leaf = x.clone().requires_grad_()
         out = block(leaf)
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2),
                                dtype=out.dtype)
         return [out, *torch.autograd.grad(out, [leaf, *block.parameters()], upstream)]
 
-    plain = run(False)
+    plain = run(plain_block)
     assert not calls
-    fast = run(True)
+    fast = run(fast_block)
     assert calls  # the channels-last path ran
     assert fast[0].is_contiguous(memory_format=torch.channels_last)  # NHWC out
     assert plain[0].is_contiguous()
@@ -98,10 +132,17 @@ def test_block_gives_the_plain_blocks_values_and_gradients(monkeypatch, channels
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-11)
 
 
-def test_every_pass_of_a_conv4_stays_channels_last():
+def _conv4_pair(**kwargs) -> tuple[WarpedModel, WarpedModel]:
+    """The reference Conv4 and a converted copy, float64."""
+    torch.manual_seed(0)
+    plain = conv4(5, filters=8, **kwargs).double()
+    return plain, accel.convert(copy.deepcopy(plain))
+
+
+def test_every_pass_of_a_converted_conv4_stays_channels_last():
     """What the speed rests on: no block hands NCHW activations or gradients to the next
     (a layout copy each, and NHWC pooling's backward is slow for an NCHW gradient)."""
-    model = _conv4_pair()
+    _, model = _conv4_pair()
     x = _images(6, 1, 28).requires_grad_()
     seen = []
 
@@ -119,29 +160,20 @@ def test_every_pass_of_a_conv4_stays_channels_last():
         assert not tensor.is_contiguous(), module
 
 
-def _conv4_pair(**kwargs):
-    torch.manual_seed(0)
-    return conv4(5, filters=8, **kwargs).double()
-
-
-
-
 def test_conv4_first_and_second_order_gradients_match_the_plain_blocks(monkeypatch):
     """The whole learner with warps: its loss, θ and φ gradients, and a second derivative
     through them (what MAML and the exact objective differentiate)."""
     calls = _spy(monkeypatch)
-    model = _conv4_pair()
     x, y = _images(12, 1, 28), torch.arange(12) % 5
     results = []
-    for channels_last in (False, True):
-        monkeypatch.setattr(_conv_block, "CHANNELS_LAST", channels_last)
+    for model in _conv4_pair():
         theta = model.init_theta().detach().requires_grad_()
         phi = {n: p.detach().requires_grad_() for n, p in model.warp_parameters().items()}
         loss = F.cross_entropy(model(x, theta, phi), y)
         g_theta, *g_phi = torch.autograd.grad(loss, [theta, *phi.values()], create_graph=True)
         second = torch.autograd.grad(g_theta.square().sum(), list(phi.values()))
         results.append([loss, g_theta, *g_phi, *second])
-    assert len(calls) == 4  # every block, in the second pass only
+    assert len(calls) == 4  # every block, in the converted model's pass only
     assert results[0][-1].abs().sum() > 0
     for ours, theirs in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
@@ -150,13 +182,11 @@ def test_conv4_first_and_second_order_gradients_match_the_plain_blocks(monkeypat
 def test_under_torch_func_grad_the_channels_last_path_runs_and_agrees(monkeypatch):
     """The exact objective's inner gradient is a ``torch.func.grad``."""
     calls = _spy(monkeypatch)
-    model = _conv4_pair()
     x, y = _images(12, 1, 28), torch.arange(12) % 5
-    theta = model.init_theta().detach()
     grads = []
-    for channels_last in (False, True):
-        monkeypatch.setattr(_conv_block, "CHANNELS_LAST", channels_last)
-        grads.append(torch.func.grad(lambda t: F.cross_entropy(model(x, t), y))(theta))
+    for model in _conv4_pair():
+        theta = model.init_theta().detach()
+        grads.append(torch.func.grad(lambda t, m=model: F.cross_entropy(m(x, t), y))(theta))
     assert calls
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
 
@@ -172,17 +202,17 @@ def test_gradcheck_and_gradgradcheck():
 def test_under_vmap_the_block_is_the_plain_block(monkeypatch):
     """Under vmap (a hidden batch dimension) the block is an ``nn.Sequential``."""
     calls = _spy(monkeypatch)
-    block = _block(3)
+    plain = _plain_block(3)
+    block = _converted(plain)
     x = _images(4, 3, 8)
     batched = torch.stack([x, x.flip(0)])
     vmapped = torch.func.vmap(block)(batched)
     assert not calls
-    monkeypatch.setattr(_conv_block, "CHANNELS_LAST", False)
-    torch.testing.assert_close(vmapped[1], block(x.flip(0)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(vmapped[1], plain(x.flip(0)), rtol=1e-12, atol=1e-12)
 
 
 def test_channels_last_input_is_taken_as_it_is():
-    """An NHWC input (the previous block's output, a channels-last model's) is not copied."""
+    """An NHWC input (the previous block's output) is not copied."""
     block = _block(3)
     x = _images(4, 3, 8).contiguous(memory_format=torch.channels_last)
     seen = []
@@ -206,14 +236,15 @@ def test_meta_step_matches_the_plain_blocks(monkeypatch):
     torch.manual_seed(0)
     reference = conv4(3, filters=8).double()
     results = []
-    for channels_last in (False, True):
-        monkeypatch.setattr(_conv_block, "CHANNELS_LAST", channels_last)
+    for accelerated in (False, True):
         model = copy.deepcopy(reference)
+        if accelerated:
+            accel.convert(model)
         learner = MetaLearner(model, F.cross_entropy, steps=3, warp=WarpGrad("exact"),
                               init=Leap(), inner_lr=0.1, seed=0)
         learner.meta_step(tasks)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-        assert bool(calls) == channels_last
+        assert bool(calls) == accelerated
     start = torch.cat([p.detach().flatten() for p in reference.parameters()])
     assert (results[0] - start).abs().max() > 1e-3
     # float64 rounding, amplified by batch norm over 16 samples at 1x1 in block 4 (over 8,
@@ -221,7 +252,7 @@ def test_meta_step_matches_the_plain_blocks(monkeypatch):
     torch.testing.assert_close(results[1], results[0], rtol=1e-7, atol=1e-9)
 
 
-# -- batch norm on channels-last input (warpgrad.models._norm) ---------------------------------
+# -- batch norm on channels-last input (warpgrad.accel.norm) ----------------------------------
 def _conv_like(shape=(16, 6, 9, 9), dtype=torch.float64, seed=4) -> torch.Tensor:
     """Per-channel offsets large against the spread, and many equal values (blank regions)."""
     g = torch.Generator().manual_seed(seed)
@@ -343,9 +374,10 @@ def test_channels_last_batch_norm_under_bf16_autocast_is_batch_norm():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_running_statistics_with_channels_last_input_are_nchws(training):
-    """Layers that keep running statistics update and use them as with NCHW input."""
+    """Layers that keep running statistics update and use them as the reference layer does
+    with NCHW input."""
     torch.manual_seed(0)
-    layers = [BatchNorm2d(6).double() for _ in range(2)]
+    layers = [batch_norm.BatchNorm2d(6).double(), BatchNorm2d(6).double()]
     layers[1].load_state_dict(layers[0].state_dict())
     x = _conv_like()
     for layer in layers:

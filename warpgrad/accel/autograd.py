@@ -1,5 +1,6 @@
-"""Autograd helpers: detaching only what autograd tracks, custom functions whose ``apply``
-costs what PyTorch's C++ one does, and ``torch.func.grad`` without ``torch._dynamo``."""
+"""Autograd helpers of the accelerated layers: custom functions whose ``apply`` costs what
+PyTorch's C++ one does, ``torch.func.grad`` without ``torch._dynamo``, and detaching only what
+autograd tracks."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def detached(t: Tensor) -> Tensor: ...
 def detached(t: None) -> None: ...
 def detached(t: Tensor | None) -> Tensor | None:
     """``t.detach()`` where autograd tracks ``t``, else ``t`` itself: a detach is an operator
-    the host dispatches, and on the engine's per-step paths (a GPU's CUDA graphs, where the
-    host bounds the loop) most tensors come back already detached."""
+    the host dispatches, and under CUDA graphs (where the host bounds the loop) most tensors
+    come back already detached."""
     return t.detach() if t is not None and t.requires_grad else t
 
 
@@ -47,9 +48,9 @@ class Function(torch.autograd.Function):
     work) whose ``apply`` takes positional arguments only.
 
     PyTorch's ``apply`` binds the arguments against ``forward``'s signature with
-    ``inspect`` on every call, to fill in defaults: ~70 us a call on a 2-core CPU, which is
-    more than a convolution of a small batch costs. Called with every argument given, the
-    binding changes nothing, so this ``apply`` goes straight to what PyTorch's calls next.
+    ``inspect`` on every call, to fill in defaults, which can cost more than a convolution
+    of a small batch. Called with every argument given, the binding changes nothing, so this
+    ``apply`` goes straight to what PyTorch's calls next.
     """
 
     @classmethod
@@ -68,8 +69,8 @@ def func_grad(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     and transforms in ``x`` and in whatever ``f`` closes over.
 
     ``torch.func.grad`` wraps its backward in ``torch._dynamo.compiled_autograd``'s guard,
-    which imports ``torch._dynamo`` and with it sympy and ~800 modules (74 MB of resident
-    memory and 1.3 s per process, BENCHMARKS.md), for a guard that matters only once
+    which imports ``torch._dynamo`` and with it sympy and ~800 modules (memory and start-up
+    time of every process, docs/performance.md), for a guard that matters only once
     ``torch._dynamo`` is in use. Until then this is the same transform without the guard.
     """
     if _grad_increment_nesting is None or "torch._dynamo" in sys.modules:

@@ -3,30 +3,25 @@
 For its backward PyTorch's max-pool saves its input and its argmax as int64. The input is
 read only for its shape: the gradient is the upstream gradient put back at the argmax. In
 Conv4 the pool's input is the first convolution's output, the largest activation of the
-network (``[128, 64, 28, 28]``, 25.7 MB at the multi-shot Omniglot protocol), and the argmax
-takes twice the bytes of the pooled map. A graph that is differentiated twice keeps both
-until its second backward: MAML keeps them for every adaptation step, an exact WarpGrad
-buffer point for its inner pass.
+network, and the argmax takes twice the bytes of the pooled map. A graph that is
+differentiated twice keeps both until its second backward: MAML keeps them for every
+adaptation step, an exact WarpGrad buffer point for its inner pass.
 
 With non-overlapping windows (stride = kernel, no padding or dilation) every input element
 is in one window at most, so the backward is ``max_unpool2d`` of the argmax: the same
-values, as fast as PyTorch's backward on channels-last maps (2.8 against 3.1 ms at the
-size above, 2 cores). :class:`MaxPool2d` saves the argmax as int16 (int32 for planes of
-2^15 positions or more) and nothing else. The backward's own backward is a gather, as
-PyTorch's is, but over positions with the channels contiguous (``[N, H * W, C]``, a view
-of a channels-last map) rather than over planes: 2.5 against 6.2 ms. The pooled values and
-the argmax come from PyTorch's kernel, so ties and NaN pick the same element.
+values. :class:`MaxPool2d` saves the argmax as int16 (int32 for planes of 2^15 positions or
+more) and nothing else. The backward's own backward is a gather, as PyTorch's is, but over
+positions with the channels contiguous (``[N, H * W, C]``, a view of a channels-last map)
+rather than over planes. The pooled values and the argmax come from PyTorch's kernel, so
+ties and NaN pick the same element.
 
-It applies where :mod:`~warpgrad.models._conv`'s convolution does: in passes whose gradient
-is differentiated again (:func:`~warpgrad.models._second_order.second_order`), under plain
-autograd or ``torch.func.grad`` on the CPU, outside ``torch.compile``; and in the
-first-order pass inside :func:`argmax_only`, which the exact WarpGrad step opens for its
-loss after the step (that pass's graph is held while the step's is). Together they take 47
-MB off the 171 MB an exact buffer point allocates at its peak and ~3% off its time, and 40%
-off MAML's peak (K = 25, Conv4-32, batch 32; BENCHMARKS.md). Other first-order passes free
-their graph at once and would pay the Python-level function's cost (0-5% of an adaptation
-step in five A/B runs) for little. Elsewhere (``vmap``, GPUs, overlapping windows) it is
-``nn.MaxPool2d``.
+It applies where :mod:`~warpgrad.accel.conv`'s convolution does (inside
+:data:`~warpgrad.accel.scopes.SECOND_ORDER`, under plain autograd or ``torch.func.grad`` on
+the CPU), and in the first-order pass inside :data:`~warpgrad.accel.scopes.ARGMAX_ONLY`,
+which the exact WarpGrad step opens for its loss after the step (that pass's graph is held
+while the step's is). Other first-order passes free their graph at once and would pay the
+Python-level function's cost for little. Elsewhere (``vmap``, GPUs, overlapping windows) it
+is ``nn.MaxPool2d``.
 """
 
 from __future__ import annotations
@@ -35,23 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from warpgrad._autograd import Function
-from warpgrad._scope import Scope
-from warpgrad.models._second_order import SECOND_ORDER
-from warpgrad.models._transforms import eager_cpu
-
-ENABLED = True
-"""Whether :class:`MaxPool2d` may save only its argmax (tests compare both ways)."""
-
-ARGMAX_ONLY = Scope()
-"""Open (``with argmax_only():``) for a first-order pass whose graph lives as long as a
-twice-differentiated one: the exact WarpGrad step's loss after the step, whose backward
-runs while the step's graph is held. There the memory is worth the function's cost."""
-
-
-def argmax_only() -> Scope:
-    """A ``with`` block in which :class:`MaxPool2d` also saves only its argmax (nestable)."""
-    return ARGMAX_ONLY
+from warpgrad.accel.autograd import Function
+from warpgrad.accel.scopes import ARGMAX_ONLY, SECOND_ORDER
+from warpgrad.accel.transforms import eager_cpu
 
 
 def max_pool2d(x: Tensor, kernel_size: int | tuple[int, int]) -> Tensor:
@@ -84,7 +65,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _applies(x: Tensor) -> bool:
-    return (ENABLED and (bool(SECOND_ORDER) or bool(ARGMAX_ONLY)) and x.dim() == 4
+    return ((bool(SECOND_ORDER) or bool(ARGMAX_ONLY)) and x.dim() == 4
             and x.requires_grad and torch.is_grad_enabled() and eager_cpu(x))
 
 
@@ -139,7 +120,7 @@ class _MaxUnpool2d(Function):
         (argmax,) = ctx.saved_tensors
         # the unpooling is linear in its input, so this reads ``grad`` back at the argmax;
         # gathered over positions [N, H * W, C] with the channels contiguous (channels-last
-        # maps: a view), 2.5x faster than over planes [N, C, H * W] at [128, 64, 28, 28]
+        # maps: a view), faster than over planes [N, C, H * W]
         n, c, h, w = argmax.shape
         planes = grad.permute(0, 2, 3, 1).reshape(n, -1, c)
         where = argmax.long().permute(0, 2, 3, 1).reshape(n, -1, c)

@@ -1,24 +1,16 @@
-"""Batch norm that stays exact where PyTorch's fused kernel does not.
+"""Batch norm on channels-last CPU input, as accurate as PyTorch's NCHW kernel, with a second
+derivative of its own.
 
-Two fixes, each a drop-in subclass (same parameters, buffers and state-dict keys):
-
-- Channels-last on the CPU. PyTorch's CPU batch-norm kernel for channels-last (NHWC) input
-  sums its batch statistics in the input's precision, row after row, where the NCHW kernel
-  sums each image's map and adds the images up in float64. In float32 that is ~1e-5 against
-  ~1e-7 relative error in the normalised output, and on mostly-blank images (glyphs) it
-  put a 22-27% relative error into the WarpGrad meta-gradient, against 1e-6 for NCHW
-  (BENCHMARKS.md, tests). With batch statistics, :class:`BatchNorm2d` computes them for
-  NHWC input the NCHW kernel's way (:func:`channels_last_batch_norm`) and leaves the
-  normalisation and the backward pass to PyTorch's NHWC kernels; layers that update running
-  statistics normalise in NCHW between two layout copies.
-- Second order under ``torch.func.vmap``. The batching rule of the fused kernel's backward
-  is wrong for second-order gradients (pytorch/functorch#534): the exact WarpGrad
-  meta-gradient of several points in one vmap came out 2.3e-3 off the one-point-at-a-time
-  one in float64. Inside a vmap, with batch statistics, and within
-  :func:`~warpgrad.models._second_order.second_order` (which the exact objective opens),
-  these layers compute batch norm from primitive operators (mean, variance, scale, shift),
-  whose batching rules are exact to every order (1e-14 there); everywhere else, first-order
-  vmaps included, they run the fused kernel.
+PyTorch's CPU batch-norm kernel for channels-last (NHWC) input sums its batch statistics in
+the input's precision, row after row, where the NCHW kernel sums each image's map and adds
+the images up in float64. In float32 that is ~1e-5 against ~1e-7 relative error in the
+normalised output, and on mostly-blank images (glyphs) it put a 22-27% relative error into
+the WarpGrad meta-gradient, against 1e-6 for NCHW (tests). With batch statistics,
+:class:`BatchNorm2d` computes them for NHWC input the NCHW kernel's way
+(:func:`channels_last_batch_norm`) and leaves the normalisation and the backward pass to
+PyTorch's NHWC kernels; layers that update running statistics normalise in NCHW between two
+layout copies. Under ``torch.func.vmap`` it is the core layer
+(:class:`warpgrad.models.batch_norm.BatchNorm2d`), exact to second order there.
 """
 
 from __future__ import annotations
@@ -26,38 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from warpgrad._autograd import Function
-from warpgrad.models._second_order import SECOND_ORDER
-from warpgrad.models._transforms import CAN_TELL, under_vmap
+from warpgrad.accel.autograd import Function
+from warpgrad.models import batch_norm
 
 
 def is_nhwc(x: Tensor) -> bool:
     """A 4-D CPU tensor laid out channels-last only (1x1 maps and one channel are both)."""
     return (x.dim() == 4 and x.device.type == "cpu" and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last))
-
-
-class _PrimitiveUnderVmap:
-    """Batch norm with batch statistics from primitive operators while vmapped within
-    :func:`~warpgrad.models._second_order.second_order`."""
-
-    eps: float
-    weight: Tensor | None
-    bias: Tensor | None
-    running_mean: Tensor | None
-
-    def _primitive(self) -> bool:
-        return self.running_mean is None and bool(SECOND_ORDER) and under_vmap()
-
-    def _batch_norm_from_primitives(self, x: Tensor) -> Tensor:
-        dims = (0, *range(2, x.dim()))
-        shape = (1, -1, *([1] * (x.dim() - 2)))
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, unbiased=False, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
 
 
 def channels_last_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -194,30 +162,16 @@ class _ChannelsLastBatchNormBackward(Function):
         return d_grad, d_x, d_weight, None, None, None, None
 
 
-class BatchNorm2d(_PrimitiveUnderVmap, nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that keeps channels-last CPU input accurate (see the module
-    docstring) and uses primitive operators for second order under ``torch.func.vmap``."""
+class BatchNorm2d(batch_norm.BatchNorm2d):
+    """The core ``BatchNorm2d`` (same parameters, buffers and state-dict keys) that keeps
+    channels-last CPU input accurate (see the module docstring).
+    :func:`warpgrad.accel.convert` puts it in place of a model's batch norm."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._primitive():
-            return self._batch_norm_from_primitives(x)
-        if is_nhwc(x) and (self.training or self.running_mean is None):  # batch statistics
-            if self.running_mean is None and not torch.compiler.is_compiling():
+        if (is_nhwc(x) and (self.training or self.running_mean is None)
+                and not batch_norm.under_vmap()):  # batch statistics
+            if self.running_mean is None:
                 return channels_last_batch_norm(x, self.weight, self.bias, self.eps)
-            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+            return nn.BatchNorm2d.forward(self, x.contiguous()).contiguous(
+                memory_format=torch.channels_last)
         return super().forward(x)
-
-
-class BatchNorm1d(_PrimitiveUnderVmap, nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` that uses primitive operators for second order under
-    ``torch.func.vmap``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self._primitive():
-            return self._batch_norm_from_primitives(x)
-        return super().forward(x)
-
-
-# how a layer tells it runs under vmap is a private API: without it, nothing is claimed exact
-EXACT_UNDER_VMAP = (BatchNorm1d, BatchNorm2d) if CAN_TELL else ()
-"""Batch-norm layers whose second-order gradients are exact under ``torch.func.vmap``."""
