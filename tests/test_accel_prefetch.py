@@ -270,6 +270,7 @@ def test_meta_steps_with_batches_drawn_ahead_equal_one_at_a_time(monkeypatch, wa
     assert max(windows) > 2
     windows.clear()
     one, one_stats = _meta_steps(0, warp)
-    assert not windows  # prefetch_mb=0: every batch drawn by its task, one at a time
+    # prefetch_mb=0: one batch at a time, but a point's two batches still come together
+    assert max(windows, default=0) <= 2
     assert torch.equal(ahead, one)
     assert ahead_stats == one_stats

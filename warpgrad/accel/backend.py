@@ -179,8 +179,11 @@ class AcceleratedBackend(Backend):
                 if not differentiable:
                     grad = grad.detach()
         stepped = step(theta, grad)
-        # the step's graph is held until this loss's backward reaches it
-        with ARGMAX_ONLY if differentiable else nullcontext():
+        # the step's graph is held until this loss's backward reaches it; under vmap the
+        # exact variant's batch norm stays the core's, exact to second order, here too
+        scope = (SECOND_ORDER if in_any_transform() else ARGMAX_ONLY) if differentiable else (
+            nullcontext())
+        with scope:
             return meta_loss(stepped)
 
     def backward(self, loss_of: Callable[..., Tensor], args: Sequence[Any],
@@ -200,12 +203,15 @@ class AcceleratedBackend(Backend):
 
         key, modules = _identity(loss_of)
         name = ("backward", key, str(spec), self.precision)
+        # the gradients stay the graph's own tensors (a copy each would be a launch each),
+        # valid until the graph's next replay, as in-place gradients are until the next
+        # backward; the loss is kept past that
         loss, *grads = self.graphs(name, update, [flat[i] for i in positions],
-                                   inputs + reads_of(*modules))
+                                   inputs + reads_of(*modules), fresh=False)
         for p, g in zip(inputs, grads):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
-        return loss
+        return loss.clone()
 
     # -- batch draws -------------------------------------------------------------------------
 
@@ -221,12 +227,13 @@ class AcceleratedBackend(Backend):
         points = list(points)
         own = any(type(t).warp_batches is not Task.warp_batches or not prefetch.plannable(t)
                   for t in tasks)
-        windows = [self._window(t) for t in tasks]
-        if generator is None or own or not points or min(windows, default=0) == 0:
+        if generator is None or own or not points:
             return super().warp_batches(tasks, points, generator)
-        # a point draws twice: its step's batch and the batch of the loss after the step
+        # a point draws twice, its step's batch and the batch of the loss after the step,
+        # which are drawn together even when nothing is drawn ahead
+        window = max(1, min(self._window(t) for t in tasks) // 2)
         requests = [(tasks[i], split) for i, _ in points for split in ("train", "meta")]
-        drawn = prefetch.lookahead(requests, generator, 2 * max(1, min(windows) // 2))
+        drawn = prefetch.lookahead(requests, generator, 2 * window)
         return ((next(drawn), [next(drawn)]) for _ in points)
 
     def _window(self, task: Task) -> int:

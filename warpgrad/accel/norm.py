@@ -10,7 +10,9 @@ the WarpGrad meta-gradient, against 1e-6 for NCHW (tests). With batch statistics
 (:func:`channels_last_batch_norm`) and leaves the normalisation and the backward pass to
 PyTorch's NHWC kernels; layers that update running statistics normalise in NCHW between two
 layout copies. Under ``torch.func.vmap`` it is the core layer
-(:class:`warpgrad.models.batch_norm.BatchNorm2d`), exact to second order there.
+(:class:`warpgrad.models.batch_norm.BatchNorm2d`, exact to second order there) in passes
+differentiated twice (:data:`~warpgrad.accel.scopes.SECOND_ORDER`), and PyTorch's fused
+kernel, exact to first order, elsewhere.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from warpgrad.accel.autograd import Function
+from warpgrad.accel.scopes import SECOND_ORDER
 from warpgrad.models import batch_norm
 
 
@@ -168,8 +171,11 @@ class BatchNorm2d(batch_norm.BatchNorm2d):
     :func:`warpgrad.accel.convert` puts it in place of a model's batch norm."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (is_nhwc(x) and (self.training or self.running_mean is None)
-                and not batch_norm.under_vmap()):  # batch statistics
+        if batch_norm.under_vmap():
+            # the fused kernel's batching rule is exact to first order, and faster than the
+            # primitives, which a pass differentiated twice needs
+            return super().forward(x) if SECOND_ORDER else nn.BatchNorm2d.forward(self, x)
+        if is_nhwc(x) and (self.training or self.running_mean is None):  # batch statistics
             if self.running_mean is None:
                 return channels_last_batch_norm(x, self.weight, self.bias, self.eps)
             return nn.BatchNorm2d.forward(self, x.contiguous()).contiguous(

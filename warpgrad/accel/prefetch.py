@@ -22,6 +22,7 @@ them). Tasks whose draws are their own (a subclass overriding ``train_batch`` or
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -79,8 +80,8 @@ def lookahead(requests: Sequence[tuple[Task, Split]], generator: torch.Generator
             generator.set_state(state)
             yield batch
             start += 1
-            if not torch.equal(generator.get_state(), state):  # drawn from in between
-                window = 1
+            if _bytes(generator.get_state()) != _bytes(state):
+                window = 1  # drawn from in between: the rest of the window is stale
                 break
 
 
@@ -140,6 +141,12 @@ def _gather(task: Task, indices: list[Tensor] | None, n: int) -> Batch:
         return x.repeat(n, *([1] * (x.dim() - 1))), y.repeat(n, *([1] * (y.dim() - 1)))
     index = to_device(torch.cat(indices), x.device)
     return x[index], y[index]
+
+
+def _bytes(state: Tensor) -> bytes:
+    """A generator state's bytes, read without an operator (a comparison of tensors, or
+    ``.numpy()``, would be host work on every batch)."""
+    return ctypes.string_at(state.data_ptr(), state.nbytes)
 
 
 def _groups(keys: Sequence[Hashable]) -> list[list[int]]:

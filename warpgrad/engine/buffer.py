@@ -91,9 +91,9 @@ class ReplayBuffer:
         if self.size == self.capacity:
             raise RuntimeError(f"replay buffer is full ({self.capacity} points); clear it first")
         i = self.size
-        self._thetas.write(i, theta.detach())
+        self._thetas.write(i, _detached(theta))
         if self._states is not None:
-            self._states.write(i, torch.zeros_like(theta) if state is None else state.detach())
+            self._states.write(i, torch.zeros_like(theta) if state is None else _detached(state))
         self._task_index_np[i] = task_index
         self._step_np[i] = step
         self.size += 1
@@ -191,3 +191,8 @@ class _DiskRows:
                 raise OSError(f"replay buffer file: read {got} of {self.row_bytes} bytes "
                               f"for point {i}")
         return out.to(self.device)
+
+
+def _detached(t: Tensor) -> Tensor:
+    """``t`` without its graph: a detached view only where autograd tracks ``t``."""
+    return t.detach() if t.requires_grad else t
