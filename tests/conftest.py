@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import TEST_THREADS
+
 # The tests' models are tiny: one thread is fastest, and it keeps the suite's speed steady
 # when other processes load the machine (idle OpenMP threads spin and steal the cores).
-torch.set_num_threads(1)
+# WARPGRAD_TEST_THREADS=2 runs the suite on two, as a check that no result depends on it.
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from warpgrad import InnerSGD, Task, WarpedModel, WarpGrad
+
+TEST_THREADS = int(os.environ.get("WARPGRAD_TEST_THREADS", "1"))
+"""PyTorch threads the tests run on (``WARPGRAD_TEST_THREADS``, default 1)."""
 
 
 def tiny_warped_mlp(seed: int = 0, warp_activation: bool = True) -> WarpedModel:

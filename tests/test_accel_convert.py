@@ -197,10 +197,14 @@ def test_converted_forward_and_gradients_match_the_reference(channels, size, war
     # float64: the same computation to rounding
     for a, b in zip(plain64, outputs(fast, torch.float64)):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
-    # float32: close in norm (entries whose true value is ~0, such as the gradient of a conv
-    # bias that batch norm cancels, are rounding noise either way)
-    for a, b in zip(plain32, outputs(fast, torch.float32)):
-        assert (b - a).norm() <= 1e-5 * a.norm()
+    # float32: rounding alone, whose size depends on the CPU's kernels; so the converted
+    # model must be as accurate as the reference against float64, not within a fixed bound
+    # (entries whose true value is ~0, such as the gradient of a conv bias that batch norm
+    # cancels, are rounding noise either way: hence norms)
+    for a, b, truth in zip(plain32, outputs(fast, torch.float32), plain64):
+        rounding = (a.double() - truth).norm()
+        assert rounding > 0
+        assert (b.double() - truth).norm() <= 3 * rounding, (b - a).norm() / a.norm()
 
 
 @pytest.mark.parametrize("variant", ["exact", "first-order"])

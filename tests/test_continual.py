@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import TEST_THREADS
 from warpgrad import WarpGrad, adapt, make_learner, mlp
 from warpgrad.experiments import continual
 from warpgrad.experiments.continual import ContinualConfig, measure
@@ -103,7 +104,7 @@ def test_warp_leap_forgets_less_than_leap_over_seeds():
     and its first sub-task is forgotten less than with Leap's initialisation and plain SGD.
     Measured (this budget, 40 test curves): whole-range MSE ~3.6-4.1 vs ~4.7-5.7, first
     sub-task forgetting ~3.5-10 vs ~10-13."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     whole, forgetting = {}, {}
     for method in ("warp-leap", "leap"):
         for seed in SEEDS:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import TEST_THREADS
 from warpgrad.experiments import maze
 from warpgrad.experiments.maze import MazeConfig
 from warpgrad.rl import (
@@ -164,12 +165,18 @@ def test_warp_parameters_step_only_every_warp_every_episodes_on_the_mean_gradien
     assert baseline.warp_optimizer is None and not baseline.warp_params
 
 
+MAZE_SEEDS = (0, 1, 2)
+
+
 def test_both_agents_beat_a_random_policy_on_a_small_maze():
     """Maze 7x7, 40-step episodes, 30 mazes, 300 episodes of training (hidden 48, Adam 3e-3
-    to learn within a CPU test's budget): the random policy collects ~6 reward per episode;
-    each agent's last 50 episodes collect well over 1.75x that (both are at ~13 after 200
-    episodes and still rising)."""
-    torch.set_num_threads(1)
+    to learn within a CPU test's budget), three seeds each: the random policy collects ~6
+    reward per episode. One run's last 50 episodes collect anywhere from 9 to 27 (RL
+    trajectories part ways early, with the seed and with the CPU's floating-point kernels),
+    so the test judges the mean over the seeds, which was 15.6-19.6 for each agent under
+    every kernel tried (AVX-512, AVX2, the default kernels; 1 and 2 threads): 2.6x the
+    random policy at least, against the 1.5x asserted."""
+    torch.set_num_threads(TEST_THREADS)
     config = dict(maze_size=7, episode_length=40, num_envs=30, hidden_size=48, episodes=300,
                   random_episodes=20, lr=3e-3, warp_lr=3e-3)
     floor = maze.random_reward(MazeConfig(**config))["mean"]
@@ -177,15 +184,19 @@ def test_both_agents_beat_a_random_policy_on_a_small_maze():
     env.reset(seed=5)
     assert random_policy_rewards(env, 5).mean() == pytest.approx(floor, rel=0.4)
     for method in ("warp", "l2rl"):
-        cfg = MazeConfig(method=method, **config)
-        trainer = maze.build_trainer(cfg)
-        env = cfg.make_env()
-        env.reset(seed=0)
-        generator = torch.Generator().manual_seed(1)
-        rewards = [trainer.update(play_episode(env, trainer.policy, generator))["reward"]
-                   for _ in range(cfg.episodes)]
-        assert np.mean(rewards[-50:]) > 1.75 * floor, (method, np.mean(rewards[-50:]), floor)
-        assert np.mean(rewards[-50:]) > np.mean(rewards[:50]) + 5, method
+        first, last = [], []
+        for seed in MAZE_SEEDS:
+            cfg = MazeConfig(method=method, seed=seed, **config)
+            trainer = maze.build_trainer(cfg)
+            env = cfg.make_env()
+            env.reset(seed=seed)
+            generator = torch.Generator().manual_seed(seed + 1)
+            rewards = [trainer.update(play_episode(env, trainer.policy, generator))["reward"]
+                       for _ in range(cfg.episodes)]
+            first.append(np.mean(rewards[:50]))
+            last.append(np.mean(rewards[-50:]))
+        assert np.mean(last) > 1.5 * floor, (method, last, floor)
+        assert np.mean(last) > np.mean(first) + 5, (method, first, last)
 
 
 def test_run_writes_its_directory_and_resumes_after_a_kill(tmp_path, monkeypatch):
