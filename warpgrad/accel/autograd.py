@@ -1,15 +1,19 @@
 """Autograd helpers of the accelerated layers: custom functions whose ``apply`` costs what
-PyTorch's C++ one does, ``torch.func.grad`` without ``torch._dynamo``, and detaching only what
-autograd tracks."""
+PyTorch's C++ one does, and ``torch.func.grad`` without ``torch._dynamo``. ``detached`` is
+the engine's (:func:`warpgrad.engine.backend.detached`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from warpgrad.engine.backend import detached
+
+__all__ = ["Function", "detached", "func_grad"]
 
 try:  # private functorch entry points: without them, PyTorch's own apply (slower, the same)
     from torch._functorch.autograd_function import custom_function_call as _functorch_call
@@ -30,17 +34,6 @@ try:  # private functorch entry points: without them, torch.func.grad (the same)
     )
 except ImportError:
     _grad_increment_nesting = None
-
-
-@overload
-def detached(t: Tensor) -> Tensor: ...
-@overload
-def detached(t: None) -> None: ...
-def detached(t: Tensor | None) -> Tensor | None:
-    """``t.detach()`` where autograd tracks ``t``, else ``t`` itself: a detach is an operator
-    the host dispatches, and under CUDA graphs (where the host bounds the loop) most tensors
-    come back already detached."""
-    return t.detach() if t is not None and t.requires_grad else t
 
 
 class Function(torch.autograd.Function):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor
 
-from warpgrad.engine.backend import LossFn
+from warpgrad.engine.backend import LossFn, detached
 from warpgrad.engine.inner_sgd import InnerSGD
 
 if TYPE_CHECKING:
@@ -123,8 +123,8 @@ def adapt(
             model, loss_fn, optimizer, theta, state, batch, phi=phi, buffers=buffers,
             create_graph=create_graph, keep_grad_graph=keep_grad_graph, warp_step=warp_step)
         losses.append(step.loss)
-        _show(observers, StepRecord(k, _detach(theta), _detach(state), step.loss,
-                                    _detach(step.grad), step.grad if keep_grad_graph else None))
+        _show(observers, StepRecord(k, detached(theta), detached(state), step.loss,
+                                    detached(step.grad), step.grad if keep_grad_graph else None))
         theta, state = step.theta, step.state
         del step  # a gradient's kept graph goes before the next step's is built
     if observers:
@@ -133,7 +133,7 @@ def adapt(
             with torch.no_grad():
                 x, y = task.train_batch(generator)
                 final_loss = loss_fn(model(x, theta, phi, buffers=buffers), y)
-        _show(observers, StepRecord(steps, _detach(theta), _detach(state), final_loss, None))
+        _show(observers, StepRecord(steps, detached(theta), detached(state), final_loss, None))
     stacked = torch.stack(losses) if losses else theta.new_zeros(0)
     return Adaptation(theta, state, stacked, buffers)
 
@@ -141,8 +141,3 @@ def adapt(
 def _show(observers: Sequence[Observer], record: StepRecord) -> None:
     for observer in observers:
         observer.observe(record)
-
-
-def _detach(t: Tensor | None) -> Tensor | None:
-    """``t`` without its graph: a detached view only where autograd tracks ``t``."""
-    return t.detach() if t is not None and t.requires_grad else t

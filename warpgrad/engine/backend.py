@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,17 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 WarpBatches = tuple["Batch", list["Batch"]]
 """What WarpGrad's meta-loss at one point uses: the batch of the one SGD step, and the
 batches the loss after that step is averaged over."""
+
+
+@overload
+def detached(t: Tensor) -> Tensor: ...
+@overload
+def detached(t: None) -> None: ...
+def detached(t: Tensor | None) -> Tensor | None:
+    """``t`` without its graph: ``t.detach()`` where autograd tracks ``t``, else ``t`` itself
+    (a detach is an operator the host dispatches, and most tensors on the engine's paths
+    come back untracked)."""
+    return t.detach() if t is not None and t.requires_grad else t
 
 
 @dataclass

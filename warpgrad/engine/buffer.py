@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from warpgrad.engine.backend import detached
+
 if TYPE_CHECKING:
     from warpgrad.engine.adapt import StepRecord
 
@@ -91,9 +93,9 @@ class ReplayBuffer:
         if self.size == self.capacity:
             raise RuntimeError(f"replay buffer is full ({self.capacity} points); clear it first")
         i = self.size
-        self._thetas.write(i, _detached(theta))
+        self._thetas.write(i, detached(theta))
         if self._states is not None:
-            self._states.write(i, torch.zeros_like(theta) if state is None else _detached(state))
+            self._states.write(i, torch.zeros_like(theta) if state is None else detached(state))
         self._task_index_np[i] = task_index
         self._step_np[i] = step
         self.size += 1
@@ -191,8 +193,3 @@ class _DiskRows:
                 raise OSError(f"replay buffer file: read {got} of {self.row_bytes} bytes "
                               f"for point {i}")
         return out.to(self.device)
-
-
-def _detached(t: Tensor) -> Tensor:
-    """``t`` without its graph: a detached view only where autograd tracks ``t``."""
-    return t.detach() if t.requires_grad else t
