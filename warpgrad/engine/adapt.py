@@ -123,8 +123,10 @@ def adapt(
             model, loss_fn, optimizer, theta, state, batch, phi=phi, buffers=buffers,
             create_graph=create_graph, keep_grad_graph=keep_grad_graph, warp_step=warp_step)
         losses.append(step.loss)
-        _show(observers, StepRecord(k, detached(theta), detached(state), step.loss,
-                                    detached(step.grad), step.grad if keep_grad_graph else None))
+        if observers:  # no record to build for an unwatched adaptation (evaluation)
+            _show(observers, StepRecord(k, detached(theta), detached(state), step.loss,
+                                        detached(step.grad),
+                                        step.grad if keep_grad_graph else None))
         theta, state = step.theta, step.state
         del step  # a gradient's kept graph goes before the next step's is built
     if observers:
