@@ -301,6 +301,29 @@ def test_exact_batched_objective_falls_back_to_a_loop_for_fused_batch_norm():
     assert WarpGrad("exact", batched=True)._vmap_safe(conv4(3, warp_batch_norm=True))
 
 
+def test_a_batched_objective_that_cannot_vmap_says_why_once():
+    """batched=True falls back to one point at a time with a warning naming the reason,
+    once per objective, and gives the loop's meta-loss."""
+    import warnings
+
+    net = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3, track_running_stats=False),
+                        nn.Linear(3, 2))
+    model = WarpedModel(net, warps=["1"]).double()
+    opt = InnerSGD(model.task_spec, 0.1, dtype=torch.float64)
+    tasks = [regression_task(s) for s in range(2)]
+    buffer = _filled_buffer(model, tasks, opt, 2, torch.Generator().manual_seed(0))
+    points = buffer.gather(torch.arange(len(buffer)))
+    objective = WarpGrad("exact", batched=True)
+    with pytest.warns(RuntimeWarning, match="one at a time: the exact variant of a model "
+                                            "with PyTorch's own batch norm"):
+        batched = objective.points_loss(model, F.mse_loss, opt, points, tasks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the second call is silent
+        objective.points_loss(model, F.mse_loss, opt, points, tasks)
+    looped = WarpGrad("exact").points_loss(model, F.mse_loss, opt, points, tasks)
+    torch.testing.assert_close(batched, looped, rtol=1e-12, atol=1e-12)
+
+
 def test_invalid_options_are_rejected_with_clear_errors():
     with pytest.raises(ValueError, match="unknown WarpGrad variant"):
         WarpGrad("second-order")
