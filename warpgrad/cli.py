@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import wraps
@@ -21,6 +22,7 @@ import yaml
 from warpgrad.data.errors import DataError
 from warpgrad.experiments import registry
 from warpgrad.experiments.registry import DEFAULT_EXPERIMENT, ConfigError
+from warpgrad.experiments.rundir import RunDirError
 
 
 def _fail(message: str) -> None:
@@ -35,7 +37,7 @@ def _user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, FileNotFoundError) as error:
+        except (ConfigError, DataError, RunDirError, FileNotFoundError) as error:
             _fail(str(error))
         except FloatingPointError as error:  # a diverged run: not a usage error
             click.echo(f"error: {error}", err=True)
@@ -56,6 +58,12 @@ def main() -> None:
     warpgrad report RUN_DIR...          side-by-side table and plot of runs
     warpgrad data check EXPERIMENT      are the experiment's files there and readable?
     """
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(message: Warning | str, category: type, filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"warning: {message}\n"
 
 
 def _accelerate_process(config: object) -> None:
@@ -117,17 +125,24 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
             raise ConfigError(f"run directory {run_dir} already exists; use --resume {run_dir} "
                               "to continue it, or another --out")
     else:
-        if experiment or overrides or method or out or data_root or device:
+        if experiment or method or out or data_root or device:
             raise ConfigError("--resume continues a run with its recorded config; give only "
-                              "the run directory")
-        name, kind, config = registry.load_run(resume)
+                              "the run directory and KEY=VALUE overrides of its learning rates "
+                              "or length")
+        name, kind, config = registry.load_run(resume, overrides)
         run_dir = resume
     if getattr(config, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but CUDA is not available here; use cpu")
     if threads is not None:
         torch.set_num_threads(threads)
     _accelerate_process(config)
-    summary = registry.KINDS[kind].run(config, name, run_dir, not no_progress)
+    try:
+        summary = registry.KINDS[kind].run(config, name, run_dir, not no_progress)
+    except FloatingPointError as error:
+        keys = registry.RESUME_KEYS[kind]
+        raise FloatingPointError(f"{error}; to go on from the last checkpoint with other "
+                                 f"settings: warpgrad train --resume {run_dir} KEY=VALUE "
+                                 f"(KEY: {', '.join(keys)})") from None
     click.echo(registry.KINDS[kind].table(summary))
     click.echo(f"run directory: {run_dir}")
 
@@ -153,12 +168,7 @@ def report(run_dirs: tuple[Path, ...], plot: Path | None) -> None:
     """Side-by-side table (and plot) of the summaries of several runs."""
     from warpgrad.experiments.run import format_table, plot_results
 
-    summaries = []
-    for run_dir in run_dirs:
-        path = run_dir / "summary.json"
-        if not path.is_file():
-            raise ConfigError(f"{run_dir} has no summary.json (not a finished run)")
-        summaries.append(json.loads(path.read_text()))
+    summaries = [_read_summary(run_dir) for run_dir in run_dirs]
     metrics = {s["metric"] for s in summaries}
     if len(metrics) > 1:
         raise ConfigError(f"runs report different metrics {sorted(metrics)}; compare runs of "
@@ -168,6 +178,26 @@ def report(run_dirs: tuple[Path, ...], plot: Path | None) -> None:
     if plot is not None:
         plot_results(summaries, plot, labels)
         click.echo(f"wrote {plot}")
+
+
+def _read_summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no summary.json (not a finished run)")
+    try:
+        summary = json.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}); rerun warpgrad evaluate "
+                          f"{run_dir} or warpgrad train --resume {run_dir}") from None
+    results = summary.get("results") if isinstance(summary, dict) else None
+    if (not isinstance(results, dict) or not isinstance(summary.get("metric"), str)
+            or not all(isinstance(r, dict) and "meta_train_seconds" in r
+                       for r in results.values())):
+        raise ConfigError(f"{path} is not a summary of warpgrad train (expected "
+                          '{"metric": ..., "results": {method: {...}}})')
+    return summary
 
 
 @main.group()

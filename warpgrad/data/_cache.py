@@ -11,6 +11,7 @@ import json
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,24 @@ def default_cache_dir() -> Path:
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def writable_cache_folder(folder: Path) -> Path:
+    """Create ``folder`` (a cache's own folder) or raise ``DataError`` saying why it cannot
+    hold a cache (a file in the way, no permission), before anything is built for it."""
+    from .errors import DataError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        why = f"{blocker} is a file, not a folder" if blocker.is_file() else exc.strerror
+        raise DataError(f"cannot use cache folder {folder}: {why}; set WARPGRAD_CACHE to a "
+                        "writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"cannot use cache folder {folder}: it is read-only; set "
+                        "WARPGRAD_CACHE to a writable folder")
+    return folder
 
 
 def cache_key(spec: Mapping[str, Any], length: int = 16) -> str:
@@ -53,6 +72,6 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as exc:
         warnings.warn(f"ignoring unreadable cache {path} ({exc}); rebuilding it", stacklevel=3)
         return None

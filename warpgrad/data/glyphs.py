@@ -15,6 +15,7 @@ import math
 import os
 import time
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._cache import cache_key, load_npz, resolve_cache_dir, save_npz
+from ._cache import cache_key, load_npz, resolve_cache_dir, save_npz, writable_cache_folder
 from ._unicode_blocks import block_of, block_start
 from .augment import affine_theta, warp_affine
 from .dataset import ClassDataset
@@ -403,9 +404,15 @@ def load_glyphs(
     spec = _spec(recipe, fonts)
     path = resolve_cache_dir(cache_dir) / "glyphs" / f"glyphs-{cache_key(spec)}.npz"
     cached = load_npz(path) if use_cache else None
-    if cached is not None and {"images", "labels", "info"} <= cached.keys():
-        info = json.loads(str(cached["info"]))
-        return _dataset(cached["images"], cached["labels"], info, 0.0, path)
+    if cached is not None:
+        problem = _cache_problem(cached, recipe)
+        if problem is None:
+            info = json.loads(str(cached["info"]))
+            return _dataset(cached["images"], cached["labels"], info, 0.0, path)
+        warnings.warn(f"ignoring invalid glyph cache {path} ({problem}); rebuilding it",
+                      stacklevel=2)
+    if use_cache:
+        writable_cache_folder(path.parent)  # say so now, not after rendering
 
     t0 = time.perf_counter()
     renderer = _Renderer(fonts, max(recipe.render_size, recipe.image_size), recipe.fill)
@@ -434,6 +441,36 @@ def load_glyphs(
     if use_cache:
         save_npz(path, {"images": images, "labels": labels, "info": np.array(json.dumps(info))})
     return _dataset(images, labels, info, seconds, path if use_cache else None)
+
+
+def _cache_problem(cached: dict[str, np.ndarray], recipe: GlyphRecipe) -> str | None:
+    """What is wrong with a glyph cache's arrays, or ``None`` when they are what
+    :func:`load_glyphs` wrote for ``recipe``."""
+    missing = {"images", "labels", "info"} - cached.keys()
+    if missing:
+        return f"no {', '.join(sorted(missing))}"
+    try:
+        info = json.loads(str(cached["info"]))
+    except ValueError as exc:
+        return f"metadata is not JSON: {exc}"
+    keys = ("class_names", "chars", "alphabets", "blocks", "class_fonts", "recipe",
+            "candidates", "render_seconds")
+    if not isinstance(info, dict) or not all(k in info for k in keys):
+        return "metadata lacks " + ", ".join(k for k in keys if not isinstance(info, dict)
+                                             or k not in info)
+    images, labels, n = cached["images"], cached["labels"], len(info["class_names"])
+    size = recipe.image_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (1, size, size):
+        return f"images are {images.dtype} {list(images.shape)}, expected uint8 [N, 1, {size}, " \
+               f"{size}]"
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype,
+                                                                           np.integer):
+        return f"labels are {labels.dtype} {list(labels.shape)}, expected [{len(images)}] integers"
+    if len(labels) and (labels.min() < 0 or labels.max() >= n):
+        return f"labels outside 0..{n - 1}"
+    if any(len(info[k]) != n for k in ("chars", "alphabets", "blocks", "class_fonts")):
+        return "metadata lists of different lengths"
+    return None
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, info: dict[str, Any], seconds: float,

@@ -38,6 +38,7 @@ from warpgrad.data import (
     omniglot_standard_split,
     split_by_alphabet,
 )
+from warpgrad.experiments.validation import check_config
 from warpgrad.models import conv4
 from warpgrad.tasks import Task
 
@@ -124,10 +125,13 @@ class ClassificationConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.point_fraction <= 1.0:
             raise ValueError(f"point_fraction must be in (0, 1], got {self.point_fraction}")
-        if self.dataset != "glyphs" and not Path(self.data_root).expanduser().is_dir():
+        root = Path(self.data_root).expanduser()
+        if self.dataset != "glyphs" and not root.is_dir():
+            problem = "is a file, not a folder" if root.exists() else "does not exist"
             raise ValueError(
-                f"dataset {self.dataset!r}: data root {self.data_root!r} does not exist; put the "
+                f"dataset {self.dataset!r}: data root {self.data_root!r} {problem}; put the "
                 "files there (layouts: docs/data.md) or pass --data-root / set WARPGRAD_DATA")
+        check_config(self)
 
     @property
     def in_channels(self) -> int:

@@ -59,9 +59,9 @@ from warpgrad import accel
 from warpgrad._stats import mean_ci
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
 from warpgrad.engine.adapt import StepRecord
-from warpgrad.experiments.checkpoint import write_json
-from warpgrad.experiments.run import environment
+from warpgrad.experiments.rundir import claim, save_figure, write_json
 from warpgrad.experiments.training import meta_train as train_loop
+from warpgrad.experiments.validation import check_config
 from warpgrad.models import mlp
 from warpgrad.tasks.continual import ContinualTask, continual_sine_tasks
 
@@ -145,6 +145,7 @@ class ContinualConfig:
             if getattr(self, name) not in accepted:
                 raise ValueError(f"{name} must be one of {list(accepted)}, got "
                                  f"{getattr(self, name)!r}")
+        check_config(self)
 
     @property
     def steps(self) -> int:
@@ -272,9 +273,8 @@ def run(config: ContinualConfig, run_dir: Path, *, progress: bool = True,
     """Meta-train ``config.method``, score it and the no-meta reference on the same held-out
     curves, write the run directory (see the module docstring) and return the summary."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", asdict(config) if record is None else record)
-    write_json(run_dir / "environment.json", environment(config.seed))
+    directory = claim(run_dir, asdict(config) if record is None else record,
+                      seed=config.seed)  # locked while this runs
     learner, seconds = meta_train(config, run_dir, progress=progress)
     tasks = held_out_tasks(config)
     learners = {config.method: learner}
@@ -291,6 +291,7 @@ def run(config: ContinualConfig, run_dir: Path, *, progress: bool = True,
                "metric": "MSE after adapting through every sub-task in order",
                "subtasks": config.subtasks, "results": results}
     write_json(run_dir / "summary.json", summary)
+    directory.release()
     return summary
 
 
@@ -341,7 +342,7 @@ def plot_fits(path: Path, learners: dict[str, MetaLearner], tasks: list[Continua
     axes[0][0].legend(fontsize=8, loc="best")
     fig.suptitle("fit after the last sub-task (sub-tasks learned left to right)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def plot_forgetting(path: Path, results: dict[str, Any]) -> None:
@@ -361,4 +362,4 @@ def plot_forgetting(path: Path, results: dict[str, Any]) -> None:
         ax.set_ylabel("after sub-task")
         fig.colorbar(image, ax=ax, fraction=0.046, label="MSE")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)

@@ -40,9 +40,16 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from warpgrad._stats import mean_ci
-from warpgrad.experiments.checkpoint import load_checkpoint, save_checkpoint, write_json
-from warpgrad.experiments.run import environment
+from warpgrad.experiments.rundir import (
+    claim,
+    load_checkpoint,
+    restoring,
+    save_checkpoint,
+    save_figure,
+    write_json,
+)
 from warpgrad.experiments.training import write_metrics
+from warpgrad.experiments.validation import check_config
 from warpgrad.rl import (
     A2C,
     AGENTS,
@@ -105,6 +112,7 @@ class MazeConfig:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if not 0 <= self.discount <= 1:
             raise ValueError(f"discount must be in [0, 1], got {self.discount}")
+        check_config(self)
 
     def make_env(self) -> MazeEnv:
         return MazeEnv(self.num_envs, self.maze_size, episode_length=self.episode_length,
@@ -142,10 +150,12 @@ def train(config: MazeConfig, run_dir: Path, *, progress: bool = True
     elapsed = 0.0
     if checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        trainer.load_state_dict(state["trainer"])
-        env.np_random.bit_generator.state = state["env_rng"]
-        actions.set_state(state["action_generator"])
-        history, elapsed = state["history"], state["elapsed"]
+        with restoring(checkpoint):
+            trainer.load_state_dict(state["trainer"])
+            env.np_random.bit_generator.state = state["env_rng"]
+            actions.set_state(state["action_generator"])
+            history, elapsed = state["history"], state["elapsed"]
+        write_metrics(run_dir / "metrics.csv", history, first="episode")  # durable with it
     start = len(history)
     bar = tqdm(range(start, config.episodes), desc=f"maze {config.method}", initial=start,
                total=config.episodes, disable=not progress, leave=False, file=sys.stderr)
@@ -174,9 +184,8 @@ def run(config: MazeConfig, run_dir: Path, *, progress: bool = True,
     """Train ``config.method``, score the random policy, write the run directory (see the
     module docstring) and return the summary."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", asdict(config) if record is None else record)
-    write_json(run_dir / "environment.json", environment(config.seed))
+    directory = claim(run_dir, asdict(config) if record is None else record,
+                      seed=config.seed)  # locked while this runs
     _, history, seconds = train(config, run_dir, progress=progress)
     rewards = [row["reward"] for row in history]
     window = min(config.final_window, len(rewards))
@@ -196,6 +205,7 @@ def run(config: MazeConfig, run_dir: Path, *, progress: bool = True,
         "final_window": window,
     }
     write_json(run_dir / "summary.json", summary)
+    directory.release()
     return summary
 
 
@@ -236,4 +246,4 @@ def plot_rewards(path: Path, curves: dict[str, list[float]], random_level: float
     ax.set_title(title, fontsize=10)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)

@@ -9,7 +9,9 @@ dataclass itself.
 
 from __future__ import annotations
 
+import difflib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -98,10 +100,11 @@ def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool
                  ) -> tuple[str, dict[str, Any]]:
     """Re-evaluate every method's checkpoint in ``run_dir``; writes ``evaluation.json``.
     Returns the kind and the summary (``summary.json``'s schema)."""
-    from warpgrad.experiments.checkpoint import load_checkpoint, write_json
+    from warpgrad.experiments.rundir import load_checkpoint, open_existing, restoring, write_json
     from warpgrad.experiments.training import evaluate
 
     name, kind, config = load_run(run_dir)
+    directory = open_existing(run_dir)  # writable and ours, before anything is computed
     make = KINDS[kind].experiment
     if make is None:
         raise ConfigError(f"experiment kind {kind!r} has no separate evaluation; its run "
@@ -118,8 +121,9 @@ def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool
         seconds, iterations = 0.0, 0
         if checkpoint.is_file():
             state = load_checkpoint(checkpoint)
-            learner.load_state_dict(state["learner"])
-            seconds, iterations = state["elapsed"], state["iteration"]
+            with restoring(checkpoint):
+                learner.load_state_dict(state["learner"])
+                seconds, iterations = state["elapsed"], state["iteration"]
         elif method != "no-meta":
             raise ConfigError(f"{run_dir}: method {method!r} has no checkpoint yet; train it "
                               f"first (warpgrad train --resume {run_dir})")
@@ -129,6 +133,7 @@ def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool
     summary = {"schema": run_module.SCHEMA, "experiment": name, "metric": experiment.metric,
                "higher_is_better": experiment.higher_is_better, "results": results}
     write_json(run_dir / "evaluation.json", summary)
+    directory.release()
     return kind, summary
 
 
@@ -173,11 +178,28 @@ def load_experiment(
             extra["data_root"] = data_root
         elif not raw.get("data_root") and not any(o.startswith("data_root=") for o in overrides):
             extra["data_root"] = default_data_root()
-    return kind, _resolve(KINDS[kind].config, [raw], overrides, extra)
+    config = _resolve(KINDS[kind].config, [raw], overrides, extra)
+    if data_root is not None and getattr(config, "dataset", None) in (None, "glyphs"):
+        warnings.warn(f"--data-root {data_root} is unused: experiment {name!r} uses "
+                      f"{'embedded' if 'data_root' in fields else 'generated'} data",
+                      stacklevel=2)
+    return kind, config
 
 
-def load_run(run_dir: Path) -> tuple[str, str, Any]:
-    """``(experiment name, kind, config)`` of an existing run directory."""
+RESUME_KEYS: dict[str, tuple[str, ...]] = {
+    "classification": ("iterations", "checkpoint_every", "inner_lr", "momentum", "warp_lr",
+                       "init_lr", "eval_tasks"),
+    "sine": ("iterations", "checkpoint_every", "inner_lr", "meta_lr", "rate_lr", "eval_tasks"),
+    "continual": ("iterations", "checkpoint_every", "inner_lr", "meta_lr", "eval_tasks"),
+    "maze": ("episodes", "checkpoint_every"),
+}
+"""The keys ``warpgrad train --resume RUN_DIR KEY=VALUE`` may change, per kind: how long and
+how fast to optimise from the checkpoint on (everything else fixes what the checkpoint is)."""
+
+
+def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[str, str, Any]:
+    """``(experiment name, kind, config)`` of an existing run directory, with ``overrides``
+    of the keys in :data:`RESUME_KEYS` applied."""
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
@@ -185,10 +207,23 @@ def load_run(run_dir: Path) -> tuple[str, str, Any]:
         record = json.loads(path.read_text())
         kind = record["kind"]
         recorded = {k: v for k, v in record["config"].items() if k not in RETIRED_KEYS}
-        config = _resolve(KINDS[kind].config, [OmegaConf.create(recorded)], (), {})
-        return record["experiment"], kind, config
+        name = record["experiment"]
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     except (KeyError, ValueError, AttributeError, TypeError) as error:
-        raise ConfigError(f"{path} is not a warpgrad run config ({error})") from error
+        raise ConfigError(f"{path} is not a warpgrad run config ({type(error).__name__}: "
+                          f"{error}); expected the config.json warpgrad train wrote") from None
+    fixed = [o.split("=", 1)[0] for o in overrides
+             if o.split("=", 1)[0] not in RESUME_KEYS[kind]]
+    if fixed:
+        raise ConfigError(f"--resume can change only {', '.join(RESUME_KEYS[kind])}; "
+                          f"{', '.join(map(repr, fixed))} is fixed by the run's checkpoints "
+                          "(start a new run to change it)")
+    try:
+        return name, kind, _resolve(KINDS[kind].config, [OmegaConf.create(recorded)],
+                                    overrides, {})
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def _resolve(config_cls: type, layers: list, overrides: Sequence[str],
@@ -196,16 +231,49 @@ def _resolve(config_cls: type, layers: list, overrides: Sequence[str],
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. iterations=10)")
-    keys = sorted(config_cls.__dataclass_fields__)
+    fields = config_cls.__dataclass_fields__
+    keys = sorted(fields)
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key not in fields:
+            close = difflib.get_close_matches(key, keys, n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ConfigError(f"unknown config key {key!r}; {hint}keys: {', '.join(keys)}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(config_cls), *layers,
                                  OmegaConf.from_dotlist(list(overrides)), extra)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         message = str(error).splitlines()[0]
-        key = getattr(error, "full_key", None) or getattr(error, "key", None)
-        if "not in" in message:
-            raise ConfigError(f"unknown config key {key!r}; keys: {', '.join(keys)}") from None
-        raise ConfigError(f"config key {key!r}: {message}") from None
+        key = str(getattr(error, "full_key", None) or getattr(error, "key", None) or "")
+        key = key.split(".")[0].split("[")[0]
+        if not key:
+            raise ConfigError(f"config: {message}") from None
+        if key not in fields:
+            close = difflib.get_close_matches(key, keys, n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ConfigError(f"unknown config key {key!r}; {hint}keys: {', '.join(keys)}"
+                              ) from None
+        given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides}
+        got = f"got {given[key]!r}; " if key in given else ""
+        raise ConfigError(f"config key {key!r}: {got}expected {_accepted_form(key, fields[key])}"
+                          ) from None
     except ValueError as error:  # the dataclass's own validation
         raise ConfigError(str(error)) from None
+
+
+def _accepted_form(key: str, field: Any) -> str:
+    """How to write a value of ``field`` on the command line (its annotation is a string)."""
+    kind = str(field.type).replace(" ", "")
+    if key == "methods":
+        return "a list of methods, e.g. methods=[warp-leap,leap] (or --method warp-leap,leap)"
+    if kind.startswith(("list[int]", "tuple[int,...]")):
+        return f"a list of whole numbers, e.g. {key}=[40,40]"
+    if kind.startswith("tuple[float,float]"):
+        return f"two numbers [low,high], e.g. {key}=[0.0,1.0]"
+    if kind.startswith(("list", "tuple")):
+        return f"a list, e.g. {key}=[a,b]"
+    if kind == "bool":
+        return f"true or false, e.g. {key}=true"
+    forms = {"int": "a whole number", "float": "a number", "str": "text"}
+    return f"{forms.get(kind, kind)}, e.g. {key}={field.default}"

@@ -3,7 +3,8 @@
 A run directory holds::
 
     config.json         the full resolved config (what ``--resume`` re-reads)
-    environment.json    versions, device, threads, seed, command line
+    environment.json    versions, device, threads, seed, command line; one entry per resume
+    .lock               held by the process writing the directory (rundir.py)
     <method>/           checkpoint.pt, metrics.csv, eval.json (and tensorboard/ if installed)
     learning_curves.png adaptation loss (and WarpGrad's meta-loss) per meta-iteration
     results.png         the headline metric per method with its 95% CI
@@ -21,8 +22,6 @@ where the metrics are those of :meth:`MetaLearner.evaluate` (``test_loss``,
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from warpgrad.algorithms import MetaLearner
-from warpgrad.experiments.checkpoint import write_json
+from warpgrad.experiments.rundir import claim, save_figure, write_json
 from warpgrad.experiments.training import evaluate, meta_train
 from warpgrad.tasks.base import Task
 
@@ -63,9 +62,7 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
         progress: bool = True) -> dict[str, Any]:
     """Meta-train and evaluate every method of ``experiment`` (resuming what ``run_dir``
     already holds), write the run directory and return the summary."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
-    write_json(run_dir / "environment.json", environment(experiment.seed))
+    directory = claim(run_dir, config, seed=experiment.seed)  # locked while this runs
     write_json(run_dir / "data.json", experiment.record())
     test_tasks = experiment.test_tasks()
     results, histories = {}, {}
@@ -92,6 +89,7 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
     write_json(run_dir / "summary.json", summary)
     plot_learning_curves(histories, run_dir / "learning_curves.png")
     plot_results([summary], run_dir / "results.png")
+    directory.release()
     return summary
 
 
@@ -110,13 +108,6 @@ def format_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str] | No
             label = f"{labels[i]:<24}" if labels else ""
             rows.append(f"{label}{method:<14} {cell:<26} {r['meta_train_seconds']:>8.1f} s")
     return "\n".join(rows)
-
-
-def environment(seed: int) -> dict[str, Any]:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "seed": seed, "argv": sys.argv}
 
 
 def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
@@ -143,7 +134,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Pat
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -165,5 +156,5 @@ def plot_results(summaries: Sequence[dict[str, Any]], path: Path,
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from warpgrad import accel
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, check_methods, make_learner
+from warpgrad.experiments.validation import check_config
 from warpgrad.models import mlp
 from warpgrad.tasks import Task, sine_tasks
 
@@ -53,6 +54,7 @@ class SineConfig:
                      "points_per_update", "shots", "test_shots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_config(self)
 
 
 class SineExperiment:

@@ -2,7 +2,8 @@
 
 A method's files live in ``RUN_DIR/<method>/``: ``checkpoint.pt`` (atomic, every
 ``checkpoint_every`` iterations and at the end), ``metrics.csv`` (one row per
-meta-iteration, rewritten with each checkpoint so it never runs ahead of it) and, when the
+meta-iteration, rewritten with each checkpoint so it never runs ahead of it, and from the
+checkpoint's history on every resume, so it never falls behind either) and, when the
 ``tensorboard`` package is installed, TensorBoard event files. A killed run resumes from the
 checkpoint with nothing lost or repeated: the learner (model, optimisers, RNG), the task
 sampler's RNG, the iteration counter, the elapsed time and the metrics history are restored.
@@ -15,17 +16,18 @@ import io
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from warpgrad._files import atomic_write
 from warpgrad._stats import mean_ci
 from warpgrad.algorithms import MetaLearner
-from warpgrad.experiments.checkpoint import load_checkpoint, save_checkpoint
+from warpgrad.experiments.rundir import load_checkpoint, restoring, save_checkpoint, write_file
 from warpgrad.tasks.base import Task
 
 MetaBatchSampler = Callable[[torch.Generator], Sequence[Task]]
@@ -53,17 +55,24 @@ def meta_train(
     desc: str = "meta-train",
 ) -> Training:
     """Run ``iterations`` meta-steps of ``learner`` on meta-batches from ``sample``, resuming
-    from ``method_dir/checkpoint.pt`` when it exists. Raises ``FloatingPointError`` when a
-    meta-step returns a non-finite loss (a diverged run stops with a clear message)."""
+    from ``method_dir/checkpoint.pt`` when it exists (with the learning rates the learner
+    was built with). Raises ``FloatingPointError`` when a meta-step returns a non-finite loss
+    or, at a checkpoint, the learner holds non-finite values (a diverged run stops with a
+    clear message and its last finite checkpoint); warns when the loss did not improve."""
     method_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = method_dir / "checkpoint.pt"
     tasks = torch.Generator().manual_seed(seed + 1)
     start, elapsed, history = 0, 0.0, []
     if checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        learner.load_state_dict(state["learner"])
-        tasks.set_state(state["task_generator"])
-        start, elapsed, history = state["iteration"], state["elapsed"], state["history"]
+        rates = _configured_rates(learner)
+        with restoring(checkpoint):
+            learner.load_state_dict(state["learner"])
+            tasks.set_state(state["task_generator"])
+            start, elapsed, history = state["iteration"], state["elapsed"], state["history"]
+        _restore_rates(learner, rates)
+        # the checkpoint holds the history: a kill after it but before metrics.csv loses nothing
+        write_metrics(method_dir / "metrics.csv", history)
     board = _tensorboard(method_dir)
     bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations,
                disable=not progress, leave=False, file=sys.stderr, dynamic_ncols=True)
@@ -89,7 +98,48 @@ def meta_train(
             write_metrics(method_dir / "metrics.csv", history)
     if board is not None:
         board.close()
+    _warn_if_not_learning(history, desc)
     return Training(elapsed, history)
+
+
+def _configured_rates(learner: MetaLearner) -> dict[str, Any]:
+    """The learning rates (and inner momentum) the learner was built with: a resume may
+    change them (``warpgrad train --resume RUN_DIR inner_lr=...``), while the checkpoint's
+    optimiser states hold the old ones. Meta-learned rates and annealed schedules are left
+    to the checkpoint."""
+    rates: dict[str, Any] = {}
+    for name in ("warp_optimizer", "init_optimizer"):
+        optimizer = getattr(learner, name, None)
+        if optimizer is not None and not (name == "init_optimizer" and learner.init_schedule):
+            rates[name] = [group["lr"] for group in optimizer.param_groups]
+    for name in ("lr", "momentum"):
+        value = getattr(learner.optimizer, name, None)
+        if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+            rates[name] = value.clone()
+    return rates
+
+
+def _restore_rates(learner: MetaLearner, rates: dict[str, Any]) -> None:
+    for name, value in rates.items():
+        if name in ("lr", "momentum"):
+            getattr(learner.optimizer, name).copy_(value)
+        else:
+            for group, lr in zip(getattr(learner, name).param_groups, value):
+                group["lr"] = lr
+
+
+def _warn_if_not_learning(history: Sequence[dict[str, float]], desc: str) -> None:
+    """Warn when the training loss after adaptation ends no lower than at meta-iteration 1
+    (mean over the last tenth of the run): a learning rate too high, or a run too short."""
+    if len(history) < 2 or "adapt_loss_last" not in history[0]:
+        return
+    tail = history[-max(1, len(history) // 10):]
+    first, last = history[0]["adapt_loss_last"], sum(h["adapt_loss_last"] for h in tail) / len(tail)
+    if last >= first:
+        warnings.warn(f"{desc}: the training loss after adaptation ({last:.4g}, last "
+                      f"{len(tail)} meta-iterations) is no better than at meta-iteration 1 "
+                      f"({first:.4g}); the learning rates may be too high, or the run too "
+                      "short", stacklevel=2)
 
 
 def evaluate(learner: MetaLearner, tasks: Sequence[Task], *, seed: int, steps: int | None = None,
@@ -112,7 +162,7 @@ def write_metrics(path: Path, history: Sequence[dict[str, float]], first: str = 
     writer = csv.DictWriter(text, columns)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    write_file(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def _tensorboard(method_dir: Path):
