@@ -60,6 +60,7 @@ from warpgrad._stats import mean_ci
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
 from warpgrad.engine.adapt import StepRecord
 from warpgrad.experiments.rundir import claim, save_figure, write_json
+from warpgrad.experiments.training import check_checkpoint
 from warpgrad.experiments.training import meta_train as train_loop
 from warpgrad.experiments.validation import check_config
 from warpgrad.models import mlp
@@ -273,6 +274,7 @@ def run(config: ContinualConfig, run_dir: Path, *, progress: bool = True,
     """Meta-train ``config.method``, score it and the no-meta reference on the same held-out
     curves, write the run directory (see the module docstring) and return the summary."""
     run_dir = Path(run_dir)
+    check_checkpoint(build_learner(config, config.method), run_dir / "checkpoint.pt")
     directory = claim(run_dir, asdict(config) if record is None else record,
                       seed=config.seed)  # locked while this runs
     learner, seconds = meta_train(config, run_dir, progress=progress)

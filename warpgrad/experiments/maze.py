@@ -149,12 +149,7 @@ def train(config: MazeConfig, run_dir: Path, *, progress: bool = True
     history: list[dict[str, float]] = []
     elapsed = 0.0
     if checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        with restoring(checkpoint):
-            trainer.load_state_dict(state["trainer"])
-            env.np_random.bit_generator.state = state["env_rng"]
-            actions.set_state(state["action_generator"])
-            history, elapsed = state["history"], state["elapsed"]
+        history, elapsed = _restore(checkpoint, trainer, env, actions)
         write_metrics(run_dir / "metrics.csv", history, first="episode")  # durable with it
     start = len(history)
     bar = tqdm(range(start, config.episodes), desc=f"maze {config.method}", initial=start,
@@ -179,11 +174,25 @@ def train(config: MazeConfig, run_dir: Path, *, progress: bool = True
     return trainer, history, elapsed
 
 
+def _restore(checkpoint: Path, trainer: EpisodeTrainer, env: MazeEnv,
+             actions: torch.Generator) -> tuple[list[dict[str, float]], float]:
+    """Restore the trainer and both generators; returns the history and elapsed seconds."""
+    state = load_checkpoint(checkpoint)
+    with restoring(checkpoint):
+        trainer.load_state_dict(state["trainer"])
+        env.np_random.bit_generator.state = state["env_rng"]
+        actions.set_state(state["action_generator"])
+        return state["history"], state["elapsed"]
+
+
 def run(config: MazeConfig, run_dir: Path, *, progress: bool = True,
         record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``config.method``, score the random policy, write the run directory (see the
     module docstring) and return the summary."""
     run_dir = Path(run_dir)
+    if (run_dir / "checkpoint.pt").exists():  # a bad checkpoint fails before any write
+        _restore(run_dir / "checkpoint.pt", build_trainer(config), config.make_env(),
+                 torch.Generator())
     directory = claim(run_dir, asdict(config) if record is None else record,
                       seed=config.seed)  # locked while this runs
     _, history, seconds = train(config, run_dir, progress=progress)

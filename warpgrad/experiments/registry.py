@@ -208,6 +208,8 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[str, str, An
         kind = record["kind"]
         recorded = {k: v for k, v in record["config"].items() if k not in RETIRED_KEYS}
         name = record["experiment"]
+        if kind not in KINDS:
+            raise KeyError(f"kind {kind!r}, expected one of {sorted(KINDS)}")
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     except (KeyError, ValueError, AttributeError, TypeError) as error:
@@ -246,7 +248,7 @@ def _resolve(config_cls: type, layers: list, overrides: Sequence[str],
     except OmegaConfBaseException as error:
         message = str(error).splitlines()[0]
         key = str(getattr(error, "full_key", None) or getattr(error, "key", None) or "")
-        key = key.split(".")[0].split("[")[0]
+        key = key.split(".")[0].split("[")[0] or _failing_key(config_cls, layers, overrides)
         if not key:
             raise ConfigError(f"config: {message}") from None
         if key not in fields:
@@ -260,6 +262,18 @@ def _resolve(config_cls: type, layers: list, overrides: Sequence[str],
                           ) from None
     except ValueError as error:  # the dataclass's own validation
         raise ConfigError(str(error)) from None
+
+
+def _failing_key(config_cls: type, layers: list, overrides: Sequence[str]) -> str:
+    """The key of the first override OmegaConf rejects on its own (some of its errors do
+    not name the key), or ``""``."""
+    for item in overrides:
+        try:
+            OmegaConf.merge(OmegaConf.structured(config_cls), *layers,
+                            OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException:
+            return item.split("=", 1)[0]
+    return ""
 
 
 def _accepted_form(key: str, field: Any) -> str:

@@ -30,7 +30,7 @@ import torch
 
 from warpgrad.algorithms import MetaLearner
 from warpgrad.experiments.rundir import claim, save_figure, write_json
-from warpgrad.experiments.training import evaluate, meta_train
+from warpgrad.experiments.training import check_checkpoint, evaluate, meta_train
 from warpgrad.tasks.base import Task
 
 SCHEMA = 1
@@ -62,6 +62,8 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
         progress: bool = True) -> dict[str, Any]:
     """Meta-train and evaluate every method of ``experiment`` (resuming what ``run_dir``
     already holds), write the run directory and return the summary."""
+    for method in experiment.methods:  # a bad checkpoint fails the resume before any write
+        check_checkpoint(experiment.build_learner(method), run_dir / method / "checkpoint.pt")
     directory = claim(run_dir, config, seed=experiment.seed)  # locked while this runs
     write_json(run_dir / "data.json", experiment.record())
     test_tasks = experiment.test_tasks()

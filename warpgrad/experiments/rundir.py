@@ -135,7 +135,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, weights_only=False)
     except FileNotFoundError:
         raise
-    except OSError as error:
+    except PermissionError as error:
         raise RunDirError(f"cannot read {path}: {error.strerror or error}") from None
     except Exception as error:  # a truncated or foreign file: torch raises many kinds
         reason = (str(error).splitlines() or [type(error).__name__])[0]
@@ -154,9 +154,10 @@ def restoring(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = " ".join(lines[:2]) or type(error).__name__
         raise RunDirError(f"{path} does not fit this run ({type(error).__name__}: "
-                          f"{reason.strip()}); it was written by another experiment or "
+                          f"{reason}); it was written by another experiment or "
                           "config, delete it to retrain that method") from None
 
 

@@ -64,13 +64,7 @@ def meta_train(
     tasks = torch.Generator().manual_seed(seed + 1)
     start, elapsed, history = 0, 0.0, []
     if checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        rates = _configured_rates(learner)
-        with restoring(checkpoint):
-            learner.load_state_dict(state["learner"])
-            tasks.set_state(state["task_generator"])
-            start, elapsed, history = state["iteration"], state["elapsed"], state["history"]
-        _restore_rates(learner, rates)
+        start, elapsed, history = resume(learner, tasks, checkpoint)
         # the checkpoint holds the history: a kill after it but before metrics.csv loses nothing
         write_metrics(method_dir / "metrics.csv", history)
     board = _tensorboard(method_dir)
@@ -100,6 +94,28 @@ def meta_train(
         board.close()
     _warn_if_not_learning(history, desc)
     return Training(elapsed, history)
+
+
+def resume(learner: MetaLearner, tasks: torch.Generator, checkpoint: Path
+           ) -> tuple[int, float, list[dict[str, float]]]:
+    """Restore ``learner`` (keeping the learning rates it was built with) and the task
+    sampler's generator ``tasks`` from ``checkpoint``; returns ``(iteration, elapsed seconds,
+    history)``. A checkpoint that is unreadable or of another model raises ``RunDirError``."""
+    state = load_checkpoint(checkpoint)
+    rates = _configured_rates(learner)
+    with restoring(checkpoint):
+        learner.load_state_dict(state["learner"])
+        tasks.set_state(state["task_generator"])
+        restored = state["iteration"], state["elapsed"], state["history"]
+    _restore_rates(learner, rates)
+    return restored
+
+
+def check_checkpoint(learner: MetaLearner, checkpoint: Path) -> None:
+    """Fail now, before a resume writes anything, if ``checkpoint`` exists but cannot be
+    resumed by ``learner`` (a throwaway learner: it is loaded)."""
+    if checkpoint.exists():
+        resume(learner, torch.Generator(), checkpoint)
 
 
 def _configured_rates(learner: MetaLearner) -> dict[str, Any]:
