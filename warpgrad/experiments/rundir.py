@@ -115,8 +115,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     where = _non_finite(state)
     if where is not None:
         at = f" at meta-iteration {state['iteration']}" if "iteration" in state else ""
+        kept = "the previous checkpoint is kept" if Path(path).exists() else "no checkpoint yet"
         raise FloatingPointError(f"diverged{at}: non-finite values in {where}; {path} not "
-                                 "written (the previous checkpoint is kept)")
+                                 f"written ({kept})")
     try:
         write_file(path, lambda f: torch.save(state, f))
     except RuntimeError as error:  # torch's zip writer reports a failed write this way
