@@ -151,7 +151,7 @@ def test_real_dataset_experiments_on_fixture_files(tmp_path, omniglot_folders, e
      "unknown experiment 'nonsense'; available: continual-sine, glyphs-fewshot"),
     (["train", "-m", "warp-sgd"], "unknown method(s) ['warp-sgd']; expected any of"),
     (["train", "sine", "colour=red"], "unknown config key 'colour'; keys:"),
-    (["train", "sine", "iterations=lots"], "config key 'iterations': Value 'lots'"),
+    (["train", "sine", "iterations=lots"], "config key 'iterations': got 'lots'; expected a whole number"),
     (["train", "sine", "iterations=0"], "iterations must be at least 1"),
     (["train", "sine", "iterations"], "is not key=value"),
     (["train", "omniglot-multishot", "--data-root", "/no/such/folder"],

@@ -82,7 +82,8 @@ def _accelerate_process(config: object) -> None:
 @click.option("--out", type=click.Path(path_type=Path),
               help="new run directory (default runs/EXPERIMENT-TIME)")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
-              help="continue a killed run from its last checkpoints, with its recorded config")
+              help="continue a killed run from its last checkpoints, with its recorded config "
+              "(KEY=VALUE overrides may change its length and learning rates)")
 @click.option("--data-root", help="folder holding real datasets (default $WARPGRAD_DATA, then "
               "~/warpgrad-data)")
 @click.option("--device", help="cpu or cuda (default: the config's, cpu)")

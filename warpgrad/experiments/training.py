@@ -146,8 +146,9 @@ def _restore_rates(learner: MetaLearner, rates: dict[str, Any]) -> None:
 
 def _warn_if_not_learning(history: Sequence[dict[str, float]], desc: str) -> None:
     """Warn when the training loss after adaptation ends no lower than at meta-iteration 1
-    (mean over the last tenth of the run): a learning rate too high, or a run too short."""
-    if len(history) < 2 or "adapt_loss_last" not in history[0]:
+    (mean over the last tenth of a run of 10 meta-iterations or more): a learning rate too
+    high, or a run too short."""
+    if len(history) < 10 or "adapt_loss_last" not in history[0]:  # too short to judge
         return
     tail = history[-max(1, len(history) // 10):]
     first, last = history[0]["adapt_loss_last"], sum(h["adapt_loss_last"] for h in tail) / len(tail)
