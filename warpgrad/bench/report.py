@@ -7,6 +7,7 @@ that came back from a GPU machine) renders the same way: ``markdown(json.load(f)
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -157,10 +158,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write_results(results: dict[str, Any], out: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``bench.json`` and ``bench.md`` into ``out`` (created); returns their paths."""
-    from warpgrad.experiments.checkpoint import write_json
+    from warpgrad._files import atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "bench.json", results)
+    # not the run directories' writer: a ratio over a zero baseline is infinite here
+    text = json.dumps(results, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(out / "bench.json", lambda f: f.write(text.encode()))
     (out / "bench.md").write_text(markdown(results))
     return out / "bench.json", out / "bench.md"
