@@ -98,6 +98,14 @@ def test_two_runs_started_at_once_on_one_out_one_is_refused(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_an_empty_folder_becomes_the_run_directory(tmp_path):
+    """What a run killed between mkdir and config.json left, before creation was atomic."""
+    (tmp_path / "run").mkdir()
+    result = _invoke("train", *TINY_SINE, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["experiment"] == "sine"
+
+
 def test_one_process_cannot_claim_a_directory_twice(finished):
     with rundir.open_existing(finished), pytest.raises(rundir.RunDirError, match="in use"):
         rundir.open_existing(finished)

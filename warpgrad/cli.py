@@ -122,7 +122,7 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
                        nl=False)
             return
         run_dir = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if run_dir.exists():
+        if run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
             raise ConfigError(f"run directory {run_dir} already exists; use --resume {run_dir} "
                               "to continue it, or another --out")
     else:

@@ -274,7 +274,7 @@ def run(config: ContinualConfig, run_dir: Path, *, progress: bool = True,
     """Meta-train ``config.method``, score it and the no-meta reference on the same held-out
     curves, write the run directory (see the module docstring) and return the summary."""
     run_dir = Path(run_dir)
-    check_checkpoint(build_learner(config, config.method), run_dir / "checkpoint.pt")
+    check_checkpoint(lambda: build_learner(config, config.method), run_dir / "checkpoint.pt")
     directory = claim(run_dir, asdict(config) if record is None else record,
                       seed=config.seed)  # locked while this runs
     learner, seconds = meta_train(config, run_dir, progress=progress)

@@ -23,6 +23,7 @@ where the metrics are those of :meth:`MetaLearner.evaluate` (``test_loss``,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +64,8 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
     """Meta-train and evaluate every method of ``experiment`` (resuming what ``run_dir``
     already holds), write the run directory and return the summary."""
     for method in experiment.methods:  # a bad checkpoint fails the resume before any write
-        check_checkpoint(experiment.build_learner(method), run_dir / method / "checkpoint.pt")
+        check_checkpoint(partial(experiment.build_learner, method),
+                         run_dir / method / "checkpoint.pt")
     directory = claim(run_dir, config, seed=experiment.seed)  # locked while this runs
     write_json(run_dir / "data.json", experiment.record())
     test_tasks = experiment.test_tasks()

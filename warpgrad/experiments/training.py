@@ -111,11 +111,11 @@ def resume(learner: MetaLearner, tasks: torch.Generator, checkpoint: Path
     return restored
 
 
-def check_checkpoint(learner: MetaLearner, checkpoint: Path) -> None:
+def check_checkpoint(build: Callable[[], MetaLearner], checkpoint: Path) -> None:
     """Fail now, before a resume writes anything, if ``checkpoint`` exists but cannot be
-    resumed by ``learner`` (a throwaway learner: it is loaded)."""
+    resumed by a learner from ``build()`` (a throwaway one: it is loaded)."""
     if checkpoint.exists():
-        resume(learner, torch.Generator(), checkpoint)
+        resume(build(), torch.Generator(), checkpoint)
 
 
 def _configured_rates(learner: MetaLearner) -> dict[str, Any]:
