@@ -131,3 +131,41 @@ def test_runs_killed_at_every_moment_resume_to_the_same_run(reference, tmp_path)
     failed = {str(when): why for (_, when), why in zip(kills, outcomes) if why != "ok"}
     assert failed == {}
     assert len(outcomes) == len(MOMENTS) + len(RANDOM_WRITES) + len(RANDOM_DELAYS) == 19
+
+
+OWN_LOOPS = {  # the experiments with their own run loops, tiny
+    "maze": ["train", "maze", "episodes=4", "maze_size=5", "episode_length=10", "num_envs=2",
+             "hidden_size=8", "random_episodes=2", "final_window=2", "checkpoint_every=2"],
+    "continual-sine": ["train", "continual-sine", "-m", "warp-leap", "iterations=3",
+                       "checkpoint_every=2", "meta_batch=2", "subtasks=2", "steps_per_subtask=2",
+                       "eval_tasks=2", "plot_tasks=1", "hidden=[8]"],
+}
+
+
+def _without_seconds(value):
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if not k.endswith("seconds")}
+    return value
+
+
+@pytest.mark.parametrize("experiment", sorted(OWN_LOOPS))
+def test_own_run_loops_killed_resume_to_the_same_run(experiment, tmp_path):
+    """Killed inside the last metrics write: after the last checkpoint, before metrics.csv
+    has its rows, with a temporary file on disk."""
+    moment = "metrics.tmp:2"
+    command = [*OWN_LOOPS[experiment], "--no-progress", "--threads", "1"]
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "killed").mkdir()
+    code, err = _finish(_warpgrad([*command, "--out", "run"], tmp_path / "reference"))
+    assert code == 0, err
+    code, err = _finish(_warpgrad([*command, "--out", "run"], tmp_path / "killed", moment))
+    assert code == -signal.SIGKILL, err
+    code, err = _finish(_warpgrad(["train", "--resume", "run", "--no-progress"],
+                                  tmp_path / "killed"))
+    assert code == 0, err
+    runs = [tmp_path / name / "run" for name in ("reference", "killed")]
+    summaries = [_without_seconds(json.loads((r / "summary.json").read_text())) for r in runs]
+    assert summaries[0] == summaries[1]
+    rows = [(r / "metrics.csv").read_text() for r in runs]
+    assert rows[0] == rows[1] and rows[0].count("\n") == 1 + (4 if experiment == "maze" else 3)
+    assert _temporaries(tmp_path) == []
