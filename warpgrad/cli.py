@@ -37,7 +37,7 @@ def _user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, RunDirError, FileNotFoundError) as error:
+        except (ConfigError, DataError, RunDirError, OSError) as error:  # OSError: the disk
             _fail(str(error))
         except FloatingPointError as error:  # a diverged run: not a usage error
             click.echo(f"error: {error}", err=True)
