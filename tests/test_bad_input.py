@@ -183,7 +183,7 @@ CASES = {
                                           ["report", str(t / "run")], {}, "not valid JSON"),
     "report summary of a list": lambda t, f: (_write(_run(t, f) / "summary.json", "[]") or
                                               ["report", str(t / "run")], {},
-                                              "not a summary"),
+                                              "not a summary report compares"),
     "report without summary": lambda t, f: ((t / "empty").mkdir() or
                                             ["report", str(t / "empty")], {}, "no summary"),
 }

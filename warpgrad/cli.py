@@ -196,8 +196,9 @@ def _read_summary(run_dir: Path) -> dict:
     if (not isinstance(results, dict) or not isinstance(summary.get("metric"), str)
             or not all(isinstance(r, dict) and "meta_train_seconds" in r
                        for r in results.values())):
-        raise ConfigError(f"{path} is not a summary of warpgrad train (expected "
-                          '{"metric": ..., "results": {method: {...}}})')
+        raise ConfigError(f"{path} is not a summary report compares (expected "
+                          '{"metric": ..., "results": {method: {"meta_train_seconds": ...}}}; '
+                          "continual-sine and maze runs print their own tables)")
     return summary
 
 
