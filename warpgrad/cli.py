@@ -206,17 +206,19 @@ def data() -> None:
     first use; there is nothing to prepare)."""
 
 
-def _experiment_config(experiment: str, data_root: str | None):
-    return registry.load_experiment(experiment, data_root=data_root)[1]
+def _experiment_config(experiment: str, data_root: str | None, overrides: tuple[str, ...] = ()):
+    return registry.load_experiment(experiment, overrides, data_root=data_root)[1]
 
 
 @data.command("check")
 @click.argument("experiment", default=DEFAULT_EXPERIMENT)
+@click.argument("overrides", nargs=-1)
 @click.option("--data-root", help="folder holding real datasets")
 @_user_errors
-def data_check(experiment: str, data_root: str | None) -> None:
-    """Load EXPERIMENT's dataset (building caches) and say what was found."""
-    config, splits = _experiment_splits(experiment, data_root)
+def data_check(experiment: str, overrides: tuple[str, ...], data_root: str | None) -> None:
+    """Load EXPERIMENT's dataset (building caches) and say what was found; OVERRIDES as for
+    train (e.g. dataset=folder)."""
+    config, splits = _experiment_splits(experiment, data_root, overrides)
     if splits is None:
         click.echo(f"{experiment}: generated data, nothing to check")
         return
@@ -226,11 +228,11 @@ def data_check(experiment: str, data_root: str | None) -> None:
     click.echo(f"ok: {config.dataset} is readable")
 
 
-def _experiment_splits(experiment: str, data_root: str | None):
+def _experiment_splits(experiment: str, data_root: str | None, overrides: tuple[str, ...]):
     """``(config, splits)``; splits ``None`` where the experiment generates its data."""
     from warpgrad.experiments.classification import ClassificationConfig, load_splits
 
-    config = _experiment_config(experiment, data_root)
+    config = _experiment_config(experiment, data_root, overrides)
     if not isinstance(config, ClassificationConfig):
         return config, None
     return config, load_splits(config)
@@ -238,18 +240,20 @@ def _experiment_splits(experiment: str, data_root: str | None):
 
 @data.command("stats")
 @click.argument("experiment", default=DEFAULT_EXPERIMENT)
+@click.argument("overrides", nargs=-1)
 @click.option("--data-root", help="folder holding real datasets")
 @click.option("--episodes", type=click.IntRange(min=1), default=500, show_default=True,
               help="few-shot episodes per 1-NN figure")
 @_user_errors
-def data_stats(experiment: str, data_root: str | None, episodes: int) -> None:
+def data_stats(experiment: str, overrides: tuple[str, ...], data_root: str | None,
+               episodes: int) -> None:
     """Classes, examples and groups per split of EXPERIMENT's dataset, and the pixel-space
     1-nearest-neighbour accuracy of 5-way episodes of its test classes (a sanity figure:
-    what any meta-learner should beat)."""
+    what any meta-learner should beat). OVERRIDES as for train."""
     from warpgrad.data import DataError as _DataError
     from warpgrad.data import FewShotSampler, nearest_neighbour_accuracy
 
-    config, splits = _experiment_splits(experiment, data_root)
+    config, splits = _experiment_splits(experiment, data_root, overrides)
     if splits is None:
         raise ConfigError(f"{experiment} generates its data; there are no dataset statistics")
     for split, dataset in splits.items():
@@ -270,6 +274,7 @@ def data_stats(experiment: str, data_root: str | None, episodes: int) -> None:
 
 @data.command("contact-sheet")
 @click.argument("out", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
 @click.option("--experiment", default=DEFAULT_EXPERIMENT, help="whose dataset to draw")
 @click.option("--data-root", help="folder holding real datasets")
 @click.option("--split", default=None, help="which split to draw (default: the first)")
@@ -281,12 +286,14 @@ def data_stats(experiment: str, data_root: str | None, episodes: int) -> None:
               help="images per class")
 @click.option("--zoom", type=click.IntRange(min=1), default=2, show_default=True)
 @_user_errors
-def data_contact_sheet(out: Path, experiment: str, data_root: str | None, split: str | None,
-                       groups: int, classes: int, columns: int, zoom: int) -> None:
-    """Write a PNG grid of samples of EXPERIMENT's dataset to OUT."""
+def data_contact_sheet(out: Path, overrides: tuple[str, ...], experiment: str,
+                       data_root: str | None, split: str | None, groups: int, classes: int,
+                       columns: int, zoom: int) -> None:
+    """Write a PNG grid of samples of EXPERIMENT's dataset to OUT (OVERRIDES as for
+    train)."""
     from warpgrad.data import contact_sheet
 
-    _, splits = _experiment_splits(experiment, data_root)
+    _, splits = _experiment_splits(experiment, data_root, overrides)
     if splits is None:
         raise ConfigError(f"{experiment} has no image dataset")
     if split is not None and split not in splits:
