@@ -286,6 +286,20 @@ def test_too_few_groups_for_the_tasks_asked_is_one_line_exit_2(tmp_path):
     assert nothing_left.exit_code == 2 and "leaves no validation tasks" in nothing_left.stderr
 
 
+def test_a_broken_image_in_a_folder_dataset_is_one_line_exit_2(tmp_path):
+    write_image_folder(tmp_path / "images", groups=0, classes=10, images=3)
+    broken = tmp_path / "images" / "class0-4" / "9.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = invoke("train", *FEWSHOT, "--data-root", tmp_path / "images", "--out",
+                    tmp_path / "run")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: cannot decode image {broken}: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    checked = invoke("data", "check", "glyphs-fewshot", "dataset=folder", "--data-root",
+                     tmp_path / "images")
+    assert checked.exit_code == 2 and str(broken) in checked.stderr
+
+
 def test_show_config_prints_the_config_when_the_data_is_absent():
     result = invoke("train", "omniglot-multishot", "--data-root", "/no/such/folder",
                     "--show-config")
