@@ -130,6 +130,21 @@ def test_folder_fewshot_splits_by_class_and_evaluate_tasks_writes_its_own_file(t
     assert sheet.exit_code == 0 and (tmp_path / "sheet.png").stat().st_size > 0
 
 
+def test_folder_with_groups_fewshot_splits_its_classes(tmp_path):
+    write_image_folder(tmp_path / "images", groups=2, classes=5, images=3)
+    out = tmp_path / "run"
+    result = invoke("train", *FEWSHOT, "-m", "leap,no-meta", "eval_tasks=2", "--data-root",
+                    tmp_path / "images", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    classes = _json(out / "data.json")["classes"]
+    assert sorted(classes["train"] + classes["val"] + classes["test"]) == \
+        [f"g{g}/class{g}-{c}" for g in range(2) for c in range(5)]
+    assert [len(classes[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    results = _json(out / "summary.json")["results"]
+    assert results["leap"]["checkpoint"] == "last" and results["no-meta"]["checkpoint"] == \
+        "none"
+
+
 MODELS = '''
 from torch import nn
 
@@ -174,6 +189,12 @@ def vectors():
 '''
 
 
+def _train_file(project: Path, name: str, text: str) -> subprocess.CompletedProcess:
+    """Write the experiment file ``name`` and train it into ``project/run``."""
+    (project / name).write_text(text)
+    return command("train", name, "--out", "run", "--no-progress", cwd=project)
+
+
 @pytest.fixture
 def project(tmp_path):
     """A folder with the user's own model and data modules."""
@@ -183,7 +204,8 @@ def project(tmp_path):
 
 
 def test_own_experiment_file_with_own_model_on_a_torch_dataset(project):
-    (project / "signals.yaml").write_text(
+    result = _train_file(
+        project, "signals.yaml",
         "extends: glyphs-fewshot\n"
         "dataset: my_data:signals\n"
         "model: my_models:build\n"
@@ -192,7 +214,6 @@ def test_own_experiment_file_with_own_model_on_a_torch_dataset(project):
         "n_way: 2\nk_shot: 1\nk_query: 2\nbatched: false\n"
         "iterations: 2\nsteps: 1\neval_steps: 1\nmeta_batch: 2\neval_tasks: 4\n"
         "val_every: 2\nval_tasks: 2\ncheckpoint_every: 1\n")
-    result = command("train", "signals.yaml", "--out", "run", "--no-progress", cwd=project)
     assert result.returncode == 0, result.stderr
     out = project / "run"
     summary = _json(out / "summary.json")
@@ -229,12 +250,12 @@ def test_own_experiment_file_with_own_model_on_a_torch_dataset(project):
 
 
 def test_own_model_on_grouped_float_vectors_multishot(project):
-    (project / "vectors.yaml").write_text(
+    result = _train_file(
+        project, "vectors.yaml",
         "kind: classification\ndataset: my_data:vectors\nmodel: my_models:build\n"
         "protocol: multishot\nmethods: [warp-leap]\nn_way: 2\ntrain_shots: 3\ntest_shots: 2\n"
         "n_train_tasks: 2\nn_test_tasks: 1\naugment: false\nbatch_size: 4\n"
         "iterations: 2\nsteps: 1\neval_steps: 1\nmeta_batch: 2\n")
-    result = command("train", "vectors.yaml", "--out", "run", "--no-progress", cwd=project)
     assert result.returncode == 0, result.stderr
     alphabets = _json(project / "run" / "data.json")["alphabets"]
     assert sorted(alphabets["train"] + alphabets["test"] + alphabets["val"]) == \

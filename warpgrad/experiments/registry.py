@@ -171,7 +171,7 @@ def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool
         metrics = evaluate(learner, tasks, seed=experiment.seed, steps=experiment.eval_steps,
                            progress=progress, desc=f"evaluate {method}")
         results[method] = {**metrics, "meta_train_seconds": seconds, "iterations": iterations,
-                           "checkpoint": checkpoint}
+                           "checkpoint": checkpoint if path.is_file() else "none"}
     summary = run_module.summarise(experiment, results)
     write_json(out, summary)
     return kind, summary

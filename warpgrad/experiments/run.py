@@ -15,10 +15,12 @@ A run directory holds::
     {"schema": 1, "experiment": str, "metric": str, "higher_is_better": bool,
      "results": {method: {"<metric>": {"mean": float, "ci95": float, "n": int}, ...,
                           "meta_train_seconds": float, "iterations": int,
-                          "checkpoint": "last" | "best"}}}
+                          "checkpoint": "last" | "best" | "none"}},
+     "chance": float}  # the metric's chance level, where the experiment knows it
 
 ``checkpoint`` says which one was evaluated (a run evaluates its last; ``warpgrad evaluate
---checkpoint best`` the best on validation) and ``iterations`` its meta-iteration.
+--checkpoint best`` the best on validation; ``none`` for ``no-meta``, which has none) and
+``iterations`` its meta-iteration.
 
 where the metrics are those of :meth:`MetaLearner.evaluate` (``test_loss``,
 ``test_accuracy`` for classification, ``train_loss_first``/``_last``/``_auc``).
@@ -103,7 +105,7 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
                            steps=experiment.eval_steps, progress=progress,
                            desc=f"evaluate {method}")
         result = {**metrics, "meta_train_seconds": seconds, "iterations": len(history),
-                  "checkpoint": "last"}
+                  "checkpoint": "last" if method != "no-meta" else "none"}
         method_dir.mkdir(parents=True, exist_ok=True)
         write_json(method_dir / "eval.json", result)
         log_results(method_dir, config.get("config", {}), metrics, len(history))
