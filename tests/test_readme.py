@@ -91,7 +91,8 @@ def test_readme_folder_dataset_command_and_own_model_experiment_file_run(tmp_pat
     (tmp_path / "my-experiment.yaml").write_text(experiment)
     (tmp_path / "my_models.py").write_text(_block_with("python", "def build("))
     train, evaluate = _block_with("bash", "my-experiment.yaml").strip().split(" && ")
-    assert _run_readme_command(train, tmp_path, [*TINY, "val_every=1"]).returncode == 0
+    trained = _run_readme_command(train, tmp_path, [*TINY, "val_every=1", "val_tasks=3"])
+    assert trained.returncode == 0, trained.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("my-experiment-")
     config = json.loads((run_dir / "config.json").read_text())["config"]
