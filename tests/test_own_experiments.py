@@ -83,6 +83,45 @@ def test_folder_with_groups_multishot_validates_keeps_best_and_evaluates_either(
         summary["results"]["leap"]["test_accuracy"]
 
 
+def test_validation_changes_no_training_number_and_resumes_after_a_kill(tmp_path,
+                                                                        monkeypatch):
+    from warpgrad.algorithms import MetaLearner
+
+    write_image_folder(tmp_path / "images", groups=4, classes=3, images=3)
+    args = ["train", *MULTISHOT, "iterations=4", "n_train_tasks=2", "n_test_tasks=1", "-m",
+            "warp-leap", "--data-root", tmp_path / "images", "--no-progress"]
+    plain, validated, killed = tmp_path / "plain", tmp_path / "validated", tmp_path / "killed"
+    assert invoke(*args, "--out", plain).exit_code == 0
+    assert invoke(*args, "val_every=1", "--out", validated).exit_code == 0
+    training = ("iteration", "adapt_loss_first", "adapt_loss_last", "warp_loss")
+    plain_rows = _metrics(plain / "warp-leap" / "metrics.csv")
+    validated_rows = _metrics(validated / "warp-leap" / "metrics.csv")
+    assert [[r[k] for k in training] for r in plain_rows] == \
+        [[r[k] for k in training] for r in validated_rows]
+    assert _json(plain / "summary.json")["results"]["warp-leap"]["test_loss"] == \
+        _json(validated / "summary.json")["results"]["warp-leap"]["test_loss"]
+
+    real_step, calls = MetaLearner.meta_step, {"n": 0}
+
+    def dying_step(self, tasks):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the checkpoint (and validation) of iteration 2
+            raise KeyboardInterrupt
+        return real_step(self, tasks)
+
+    monkeypatch.setattr(MetaLearner, "meta_step", dying_step)
+    assert invoke(*args, "val_every=1", "--out", killed).exit_code == 1
+    monkeypatch.setattr(MetaLearner, "meta_step", real_step)
+    resumed = invoke("train", "--resume", killed, "--no-progress")
+    assert resumed.exit_code == 0, resumed.output
+    assert _metrics(killed / "warp-leap" / "metrics.csv") == validated_rows
+    best = [torch.load(d / "warp-leap" / "best.pt", weights_only=False) for d in
+            (validated, killed)]
+    assert best[0]["iteration"] == best[1]["iteration"]
+    for key, value in best[0]["learner"]["model"].items():
+        assert torch.equal(value, best[1]["learner"]["model"][key]), key
+
+
 def test_folder_without_groups_multishot_deals_seeded_random_groups(tmp_path):
     write_image_folder(tmp_path / "images", groups=0, classes=10, images=3)
     out = tmp_path / "run"
