@@ -168,9 +168,10 @@ def import_object(path: str, key: str) -> Any:
                 raise
             sys.path.insert(0, os.getcwd())
             module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"{key}: cannot import {module_name!r} ({error}); install it, put it "
-                         "on PYTHONPATH or run from its folder") from None
+    except (ImportError, SyntaxError) as error:
+        raise ValueError(f"{key}: cannot import {module_name!r} ({type(error).__name__}: "
+                         f"{error}); install it, put it on PYTHONPATH or run from its folder"
+                         ) from None
     target = getattr(module, name, None)
     if not callable(target):
         raise ValueError(f"{key}: {module_name!r} has no function {name!r}")
