@@ -201,3 +201,26 @@ def small_glyphs(small_recipe, glyph_cache):
     from warpgrad.data import load_glyphs
 
     return load_glyphs(small_recipe, cache_dir=glyph_cache)
+
+
+def write_image_folder(root: Path, groups: int, classes: int, images: int, size: int = 12,
+                       grey: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """``root/<class>/<i>.png`` (``groups=0``) or ``root/g<k>/<class>/<i>.png``: each class
+    one colour (a grey level when ``grey``) with one inverted row per image, so that every
+    image is distinct. Returns each class's colour by class name as the loader names it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = {}
+    for g in range(max(groups, 1)):
+        for c in range(classes):
+            name = f"class{g}-{c}"
+            folder = root / (f"g{g}" if groups else "") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = rng.integers(20, 236, 1 if grey else 3).astype(np.uint8)
+            colours[f"g{g}/{name}" if groups else name] = colour
+            for i in range(images):
+                pixels = np.broadcast_to(colour, (size, size, len(colour))).copy()
+                pixels[i % size] = 255 - pixels[i % size]
+                Image.fromarray(pixels[..., 0] if grey else pixels).save(folder / f"{i}.png")
+    return colours

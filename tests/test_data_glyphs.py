@@ -22,7 +22,6 @@ from warpgrad.data import (
     nearest_neighbour_accuracy,
     split_by_alphabet,
 )
-from warpgrad.data.__main__ import main
 from warpgrad.data.glyphs import find_fonts, glyph_cache_path, matplotlib_font_dir
 
 
@@ -154,10 +153,3 @@ def test_contact_sheet(small_glyphs, tmp_path):
     assert img.ndim == 2 and img.shape[0] >= 8 * 28 and img.shape[1] >= 5 * 28
     assert img.std() > 20
     assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_cli_contact_sheet(tmp_path, capsys):
-    out = tmp_path / "cli.png"
-    assert main(["contact-sheet", str(out), "--block", "Hebrew", "--instances", "3",
-                 "--columns", "3", "--cache-dir", str(tmp_path)]) == 0
-    assert out.is_file() and "wrote" in capsys.readouterr().out

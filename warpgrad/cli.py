@@ -1,7 +1,9 @@
-"""The ``warpgrad`` command: train, evaluate, report, data.
+"""The ``warpgrad`` command: train, evaluate, report, data, bench.
 
 Every error a user can cause (unknown experiment, method or key, wrong type, missing data,
 existing run directory) prints one line and exits with status 2; nothing is overwritten.
+torch and the experiments are imported only by the commands that run them, so that
+``--help`` and the errors about names and files come back at once.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from functools import wraps
 from pathlib import Path
 
 import click
-import torch
-import yaml
 
 from warpgrad.data.errors import DataError
 from warpgrad.experiments import registry
@@ -54,9 +54,13 @@ def main() -> None:
     \b
     warpgrad train                      the main job (Warp-Leap vs Leap on glyph alphabets)
     warpgrad train EXPERIMENT ...       any experiment (warpgrad train --list)
-    warpgrad evaluate RUN_DIR           re-evaluate a run's checkpoints
+    warpgrad train my-experiment.yaml   your own experiment file (docs/own-experiments.md)
+    warpgrad evaluate RUN_DIR           re-evaluate a run's checkpoints (last or best)
     warpgrad report RUN_DIR...          side-by-side table and plot of runs
     warpgrad data check EXPERIMENT      are the experiment's files there and readable?
+    warpgrad data stats EXPERIMENT      sizes and a pixel-space 1-NN sanity figure
+    warpgrad data contact-sheet OUT.png a grid of the experiment's images
+    warpgrad bench                      time and memory of one meta-iteration
     """
     warnings.formatwarning = _one_line_warning
 
@@ -99,7 +103,9 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
           out: Path | None, resume: Path | None, data_root: str | None, device: str | None,
           list_experiments: bool, show_config: bool, threads: int | None, no_progress: bool
           ) -> None:
-    """Meta-train and evaluate the methods of EXPERIMENT (default: glyphs-multishot).
+    """Meta-train and evaluate the methods of EXPERIMENT (default: glyphs-multishot): a
+    shipped experiment's name or the path of your own YAML file (`extends: NAME` starts it
+    from a shipped one).
 
     OVERRIDES are key=value pairs for any config field, e.g. `iterations=10 steps=5`
     (`--show-config` prints every field with its resolved value). Prints a table: method,
@@ -118,9 +124,12 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
         kind, config = registry.load_experiment(name, overrides, methods=methods,
                                                 data_root=data_root, device=device)
         if show_config:
+            import yaml
+
             click.echo(yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False),
                        nl=False)
             return
+        name = registry.experiment_label(name)
         run_dir = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
             raise ConfigError(f"run directory {run_dir} already exists; use --resume {run_dir} "
@@ -132,6 +141,8 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
                               "or length")
         name, kind, config = registry.load_run(resume, overrides)
         run_dir = resume
+    import torch
+
     if getattr(config, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but CUDA is not available here; use cpu")
     if threads is not None:
@@ -150,15 +161,28 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Choice(registry.CHECKPOINTS), default="last",
+              show_default=True, help="last: each method's final checkpoint.pt; best: its "
+              "best.pt, the best on validation (runs with val_every)")
 @click.option("--tasks", type=click.IntRange(min=1), help="number of test tasks (few-shot)")
+@click.option("--force", is_flag=True, help="replace an earlier evaluation file of the same "
+              "choices")
 @click.option("--no-progress", is_flag=True, help="hide progress bars")
 @_user_errors
-def evaluate(run_dir: Path, tasks: int | None, no_progress: bool) -> None:
-    """Re-evaluate the checkpoints in RUN_DIR on its held-out tasks; writes
-    RUN_DIR/evaluation.json (summary.json's schema) and prints the table."""
+def evaluate(run_dir: Path, checkpoint: str, tasks: int | None, force: bool,
+             no_progress: bool) -> None:
+    """Re-evaluate the checkpoints in RUN_DIR on its held-out tasks and print the table.
+
+    Writes RUN_DIR/evaluation.json (summary.json's schema), or evaluation-best.json,
+    evaluation-tasks5.json, evaluation-best-tasks5.json for the other choices: nothing the
+    run wrote is replaced, and an earlier evaluation file only with --force.
+    """
     _accelerate_process(registry.load_run(run_dir)[2])
-    kind, summary = registry.evaluate_run(run_dir, eval_tasks=tasks, progress=not no_progress)
+    kind, summary = registry.evaluate_run(run_dir, eval_tasks=tasks, progress=not no_progress,
+                                          checkpoint=checkpoint, force=force)
     click.echo(registry.KINDS[kind].table(summary))
+    click.echo(f"evaluated the {checkpoint} checkpoints; wrote "
+               f"{registry.evaluation_path(run_dir, checkpoint, tasks)}")
 
 
 @main.command()
@@ -174,7 +198,7 @@ def report(run_dirs: tuple[Path, ...], plot: Path | None) -> None:
     if len(metrics) > 1:
         raise ConfigError(f"runs report different metrics {sorted(metrics)}; compare runs of "
                           "one kind")
-    labels = [str(p) for p in run_dirs]
+    labels = _run_names(run_dirs)
     click.echo(format_table(summaries, labels))
     if plot is not None:
         plot_results(summaries, plot, labels)
@@ -202,48 +226,117 @@ def _read_summary(run_dir: Path) -> dict:
     return summary
 
 
+def _run_names(run_dirs: tuple[Path, ...]) -> list[str]:
+    """Each run's folder name; the path where two runs share one."""
+    names = [p.resolve().name for p in run_dirs]
+    return [n if names.count(n) == 1 else str(p) for n, p in zip(names, run_dirs, strict=True)]
+
+
 @main.group()
 def data() -> None:
-    """Check, prepare or look at an experiment's dataset."""
+    """Check, measure or look at an experiment's dataset (the loaders build their caches on
+    first use; there is nothing to prepare)."""
 
 
-def _experiment_config(experiment: str, data_root: str | None):
-    return registry.load_experiment(experiment, data_root=data_root)[1]
+def _experiment_config(experiment: str, data_root: str | None, overrides: tuple[str, ...] = ()):
+    return registry.load_experiment(experiment, overrides, data_root=data_root)[1]
 
 
 @data.command("check")
 @click.argument("experiment", default=DEFAULT_EXPERIMENT)
+@click.argument("overrides", nargs=-1)
 @click.option("--data-root", help="folder holding real datasets")
 @_user_errors
-def data_check(experiment: str, data_root: str | None) -> None:
-    """Load EXPERIMENT's dataset (building caches) and say what was found."""
-    from warpgrad.experiments.classification import ClassificationConfig, load_splits
-
-    config = _experiment_config(experiment, data_root)
-    if not isinstance(config, ClassificationConfig):
+def data_check(experiment: str, overrides: tuple[str, ...], data_root: str | None) -> None:
+    """Load EXPERIMENT's dataset (building caches) and say what was found; OVERRIDES as for
+    train (e.g. dataset=folder)."""
+    config, splits = _experiment_splits(experiment, data_root, overrides)
+    if splits is None:
         click.echo(f"{experiment}: generated data, nothing to check")
         return
-    for split, dataset in load_splits(config).items():
-        click.echo(f"{split:<6} {dataset.num_classes:>6} classes {len(dataset):>8} images "
-                   f"{'x'.join(map(str, dataset.image_shape))}")
+    for split, dataset in splits.items():
+        click.echo(f"{split:<6} {dataset.num_classes:>6} classes {len(dataset):>8} examples "
+                   f"{'x'.join(map(str, dataset.feature_shape))}")
     click.echo(f"ok: {config.dataset} is readable")
+
+
+def _experiment_splits(experiment: str, data_root: str | None, overrides: tuple[str, ...]):
+    """``(config, splits)``; splits ``None`` where the experiment generates its data."""
+    from warpgrad.experiments.classification import ClassificationConfig, load_splits
+
+    config = _experiment_config(experiment, data_root, overrides)
+    if not isinstance(config, ClassificationConfig):
+        return config, None
+    return config, load_splits(config)
+
+
+@data.command("stats")
+@click.argument("experiment", default=DEFAULT_EXPERIMENT)
+@click.argument("overrides", nargs=-1)
+@click.option("--data-root", help="folder holding real datasets")
+@click.option("--episodes", type=click.IntRange(min=1), default=500, show_default=True,
+              help="few-shot episodes per 1-NN figure")
+@_user_errors
+def data_stats(experiment: str, overrides: tuple[str, ...], data_root: str | None,
+               episodes: int) -> None:
+    """Classes, examples and groups per split of EXPERIMENT's dataset, and the pixel-space
+    1-nearest-neighbour accuracy of 5-way episodes of its test classes (a sanity figure:
+    what any meta-learner should beat). OVERRIDES as for train."""
+    from warpgrad.data import DataError as _DataError
+    from warpgrad.data import FewShotSampler, nearest_neighbour_accuracy
+
+    config, splits = _experiment_splits(experiment, data_root, overrides)
+    if splits is None:
+        raise ConfigError(f"{experiment} generates its data; there are no dataset statistics")
+    for split, dataset in splits.items():
+        click.echo(f"{split:<6} {dataset.num_classes:>6} classes {len(dataset):>8} examples "
+                   f"{len(dataset.alphabet_names()):>4} groups "
+                   f"{'x'.join(map(str, dataset.feature_shape))}")
+    test = splits.get("test", splits.get("all"))
+    for k_shot in (1, 5):
+        try:
+            sampler = FewShotSampler(test, 5, k_shot, k_query=5, seed=config.seed)
+        except _DataError as error:
+            click.echo(f"1-NN 5-way {k_shot}-shot: skipped ({error})")
+            continue
+        accuracy, ci = nearest_neighbour_accuracy(sampler, episodes, seed=config.seed)
+        click.echo(f"1-NN 5-way {k_shot}-shot on {test.num_classes} test classes: "
+                   f"{100 * accuracy:.1f} ± {100 * ci:.1f}% (chance 20%)")
 
 
 @data.command("contact-sheet")
 @click.argument("out", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
 @click.option("--experiment", default=DEFAULT_EXPERIMENT, help="whose dataset to draw")
 @click.option("--data-root", help="folder holding real datasets")
+@click.option("--split", default=None, help="which split to draw (default: the first)")
+@click.option("--groups", type=click.IntRange(min=1), default=12, show_default=True,
+              help="groups (alphabets) to draw")
+@click.option("--classes", type=click.IntRange(min=1), default=3, show_default=True,
+              help="classes per group")
+@click.option("--columns", type=click.IntRange(min=1), default=12, show_default=True,
+              help="images per class")
+@click.option("--zoom", type=click.IntRange(min=1), default=2, show_default=True)
 @_user_errors
-def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> None:
-    """Write a PNG grid of samples of EXPERIMENT's dataset to OUT."""
+def data_contact_sheet(out: Path, overrides: tuple[str, ...], experiment: str,
+                       data_root: str | None, split: str | None, groups: int, classes: int,
+                       columns: int, zoom: int) -> None:
+    """Write a PNG grid of samples of EXPERIMENT's dataset to OUT (OVERRIDES as for
+    train)."""
     from warpgrad.data import contact_sheet
-    from warpgrad.experiments.classification import ClassificationConfig, load_splits
 
-    config = _experiment_config(experiment, data_root)
-    if not isinstance(config, ClassificationConfig):
+    _, splits = _experiment_splits(experiment, data_root, overrides)
+    if splits is None:
         raise ConfigError(f"{experiment} has no image dataset")
-    dataset = next(iter(load_splits(config).values()))
-    click.echo(f"wrote {contact_sheet(dataset, out)}")
+    if split is not None and split not in splits:
+        raise ConfigError(f"--split must be one of {sorted(splits)}, got {split!r}")
+    dataset = splits[split] if split is not None else next(iter(splits.values()))
+    if not dataset.is_images:
+        raise ConfigError(f"{experiment}'s dataset holds features of shape "
+                          f"{dataset.feature_shape}, not images")
+    path = contact_sheet(dataset, out, n_alphabets=groups, classes_per_alphabet=classes,
+                         instances=columns, zoom=zoom, seed=0)
+    click.echo(f"wrote {path}")
 
 
 @main.command()
@@ -290,6 +383,8 @@ def bench(scale: str, out: Path, threads: int | None, tasks: int | None, only: s
     switches apply to every figure but "switches", which climbs from the reference core one
     switch at a time.
     """
+    import torch
+
     from warpgrad.bench import known_figures
     from warpgrad.bench import main as run_bench
 

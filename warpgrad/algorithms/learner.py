@@ -206,6 +206,11 @@ class MetaLearner:
         """
         if not tasks:
             raise ValueError("meta_step needs at least one task")
+        if not all(isinstance(t, Task) for t in tasks):
+            wrong = next(t for t in tasks if not isinstance(t, Task))
+            raise TypeError(f"meta_step needs a sequence of Task (warpgrad.Task(x_train, "
+                            f"y_train, x_test, y_test)), one per task of the meta-batch; got "
+                            f"an item of type {type(wrong).__name__}")
         for opt in (self.warp_optimizer, self.init_optimizer):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)

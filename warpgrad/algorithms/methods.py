@@ -84,6 +84,10 @@ def make_learner(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if not isinstance(model, WarpedModel):
+        raise TypeError(f"make_learner needs a WarpedModel, got {type(model).__name__}; wrap "
+                        "your module: WarpedModel(module, warps=[names of its warp "
+                        "submodules]) (warps=[] for methods without warps)")
     spec = METHODS[method]
     if spec.needs_warps and not model.warp_names:
         raise ValueError(f"method {method!r} needs a model with warp layers; this one has none")

@@ -19,25 +19,38 @@ and cached under ``$WARPGRAD_CACHE`` or ``~/.cache/warpgrad``)::
     alphabet_task = AlphabetTasks(glyphs, seed=0).train[0]   # 20-way multi-shot Task
 
 Real datasets (downloaded by the user): :func:`load_omniglot`, :func:`load_mini_imagenet`,
-:func:`load_tiered_imagenet`. Bad input raises :class:`DataError` naming the file.
+:func:`load_tiered_imagenet`; your own images in class folders: :func:`load_folder`; any
+tensors or ``torch.utils.data.Dataset``: :meth:`ClassDataset.from_tensors` /
+:meth:`ClassDataset.from_dataset`. Bad input raises :class:`DataError` naming the file.
 """
 
-from ._cache import default_cache_dir
-from .augment import RandomAffine
-from .contact import contact_sheet
-from .dataset import (
-    ClassDataset,
-    DatasetSplits,
-    rotate_classes,
-    split_by_alphabet,
-    split_by_class,
-    split_from_record,
-)
+from importlib import import_module
+from typing import Any
+
 from .errors import DataError
-from .glyphs import GlyphRecipe, load_glyphs
-from .imagenet import load_mini_imagenet, load_tiered_imagenet
-from .omniglot import OMNIGLOT_SUBSETS, load_omniglot, omniglot_standard_split
-from .sampling import AlphabetTasks, FewShotSampler, nearest_neighbour_accuracy, to_float
+
+# Imported on first use (the `warpgrad` command imports DataError without loading torch).
+_HOMES = {
+    "._cache": ("default_cache_dir",),
+    ".augment": ("RandomAffine",),
+    ".contact": ("contact_sheet",),
+    ".dataset": ("ClassDataset", "DatasetSplits", "rotate_classes", "split_by_alphabet",
+                 "split_by_class", "split_from_record"),
+    ".folder": ("load_folder",),
+    ".glyphs": ("GlyphRecipe", "load_glyphs"),
+    ".imagenet": ("load_mini_imagenet", "load_tiered_imagenet"),
+    ".omniglot": ("OMNIGLOT_SUBSETS", "load_omniglot", "omniglot_standard_split"),
+    ".sampling": ("AlphabetTasks", "FewShotSampler", "nearest_neighbour_accuracy",
+                  "to_float"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME_OF:
+        return getattr(import_module(_HOME_OF[name], __name__), name)
+    raise AttributeError(f"module 'warpgrad.data' has no attribute {name!r}")
+
 
 __all__ = [
     "OMNIGLOT_SUBSETS",
@@ -50,6 +63,7 @@ __all__ = [
     "RandomAffine",
     "contact_sheet",
     "default_cache_dir",
+    "load_folder",
     "load_glyphs",
     "load_mini_imagenet",
     "load_omniglot",

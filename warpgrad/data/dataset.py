@@ -1,10 +1,13 @@
-"""The in-memory dataset every loader returns, its meta-train/val/test splits, and rotations."""
+"""The dataset every loader returns, its meta-train/val/test splits, and rotations."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,11 +30,15 @@ Sizes = tuple[float, float, float]
 
 @dataclass(eq=False)
 class ClassDataset:
-    """Labelled images of many classes, held in memory (or memory-mapped) as uint8.
+    """Labelled examples of many classes, held in memory or memory-mapped.
 
     Args:
-        images: uint8 ``[N, C, H, W]`` (numpy arrays are wrapped without a copy; a
-            non-contiguous view, e.g. an NHWC array permuted to NCHW, is fine).
+        images: the features, ``[N, ...]``: uint8 images ``[N, C, H, W]`` (what the loaders
+            give; tasks scale them to [0, 1]) or features of any shape and floating dtype
+            (float vectors ``[N, D]``, signals ``[N, C, T]``; tasks get them as float32,
+            unscaled). Numpy arrays are wrapped without a copy; a non-contiguous view, e.g. an
+            NHWC array permuted to NCHW, is fine. :meth:`from_tensors` and
+            :meth:`from_dataset` build one from arbitrary labels.
         labels: int64 ``[N]``, class ids ``0..num_classes-1`` indexing ``class_names``.
         class_names: one unique name per class.
         alphabets: optional alphabet (group) name per class, for splits and alphabet tasks.
@@ -53,10 +60,11 @@ class ClassDataset:
             self.labels = torch.from_numpy(np.asarray(self.labels, dtype=np.int64))
         self.labels = self.labels.to(torch.int64)
         self.class_names = list(self.class_names)
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+        if self.images.dim() < 2 or not (self.images.dtype == torch.uint8
+                                         or self.images.is_floating_point()):
             raise ValueError(
-                f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
+                f"images must be uint8 [N, C, H, W] or floating-point features [N, ...], got "
+                f"{self.images.dtype} {tuple(self.images.shape)}"
             )
         if self.labels.dim() != 1 or len(self.labels) != len(self.images):
             raise ValueError(
@@ -88,10 +96,105 @@ class ClassDataset:
         return len(self.class_names)
 
     @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape of one example: ``(C, H, W)`` for images, ``(D,)`` for vectors..."""
+        return tuple(int(s) for s in self.images.shape[1:])
+
+    @property
+    def is_images(self) -> bool:
+        """uint8 ``[N, C, H, W]``: what augmentation, contact sheets and conv4 expect."""
+        return self.images.dtype == torch.uint8 and self.images.dim() == 4
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)``."""
+        """``(C, H, W)`` (images only; :attr:`feature_shape` for any features)."""
+        if self.images.dim() != 4:
+            raise DataError(f"dataset {self.name!r} holds features of shape "
+                            f"{self.feature_shape}, not images [C, H, W]")
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
+
+    # -- construction from arbitrary data ------------------------------------------------------
+    @classmethod
+    def from_tensors(cls, x: Tensor | np.ndarray, y: Sequence[Any] | Tensor | np.ndarray, *,
+                     groups: Mapping[Any, str] | None = None, name: str = "",
+                     ) -> ClassDataset:
+        """A dataset from features ``x [N, ...]`` and labels ``y [N]`` of any kind.
+
+        ``x``: uint8 images ``[N, C, H, W]`` or floating-point features of any shape
+        (integer features are converted to float32). ``y``: ints or strings; the classes are
+        the sorted distinct labels, named by ``str(label)``. ``groups`` (optional) maps each
+        label to a group name: the groups are the multi-shot tasks (as alphabets are for
+        Omniglot) and the few-shot splits stay within them.
+        """
+        x = torch.from_numpy(np.asarray(x)) if not isinstance(x, Tensor) else x
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            x = x.to(torch.float32)
+        keys = _label_keys(y)
+        if len(keys) != len(x):
+            raise ValueError(f"x has {len(x)} rows but y has {len(keys)} labels")
+        classes = sorted(set(keys), key=_sort_key)
+        lookup = {k: i for i, k in enumerate(classes)}
+        labels = torch.tensor([lookup[k] for k in keys], dtype=torch.int64)
+        alphabets = None
+        if groups is not None:
+            missing = [k for k in classes if k not in groups]
+            if missing:
+                raise ValueError(f"groups has no entry for labels {missing[:5]}")
+            alphabets = [str(groups[k]) for k in classes]
+        return cls(x, labels, [str(k) for k in classes], alphabets, name)
+
+    @classmethod
+    def from_dataset(cls, dataset: Iterable[tuple[Any, Any]], *, groups: Mapping[Any, str]
+                     | None = None, name: str = "", memmap: str | os.PathLike[str] | None = None
+                     ) -> ClassDataset:
+        """A dataset from a ``torch.utils.data.Dataset`` (or any sized iterable) of
+        ``(features, label)`` pairs, read once in order.
+
+        Without ``memmap`` the features are stacked in memory. With ``memmap`` (a ``.npy``
+        path) they are written there one example at a time and memory-mapped, so the
+        dataset needs disk, not memory, for its features (labels stay in memory): a task
+        reads only its own rows. The file is written atomically and reused as it is when it
+        already exists with the dataset's length (delete it when the source changes).
+        ``groups`` and label handling as in :meth:`from_tensors`.
+        """
+        n = len(dataset)  # type: ignore[arg-type]
+        if n == 0:
+            raise ValueError("from_dataset needs a non-empty dataset")
+        labels: list[Any] = []
+        if memmap is None:
+            features = []
+            for x, y in dataset:
+                features.append(torch.as_tensor(x))
+                labels.append(_label_key(y))
+            return cls.from_tensors(torch.stack(features), labels, groups=groups, name=name)
+        path = Path(memmap)
+        stored = _open_memmap(path, n)
+        if stored is not None:
+            labels = [_label_key(y) for _, y in dataset]
+        else:
+            tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+            try:
+                array = None
+                for i, (x, y) in enumerate(dataset):
+                    labels.append(_label_key(y))
+                    row = np.asarray(torch.as_tensor(x))
+                    if array is None:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=row.dtype,
+                                                          shape=(n, *row.shape))
+                    array[i] = row
+                array.flush()
+                del array
+                os.replace(tmp, path)  # only a complete file ever has the final name
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            stored = _open_memmap(path, n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # copy-on-write maps are "writable"
+            x = torch.from_numpy(stored)
+        return cls.from_tensors(x, labels, groups=groups, name=name)
 
     @property
     def counts(self) -> Tensor:
@@ -150,8 +253,40 @@ class ClassDataset:
 
     def __repr__(self) -> str:
         n_alpha = len(self.alphabet_names())
-        return (f"ClassDataset({self.name!r}, images={tuple(self.images.shape)}, "
+        return (f"ClassDataset({self.name!r}, images={tuple(self.images.shape)} "
+                f"{str(self.images.dtype).removeprefix('torch.')}, "
                 f"classes={self.num_classes}, alphabets={n_alpha})")
+
+
+def _label_key(y: Any) -> Any:
+    """A hashable, sortable label: a Python int for integer tensors/arrays, else ``str``."""
+    if isinstance(y, (Tensor, np.ndarray, np.generic)):
+        y = y.item()
+    return y if isinstance(y, int) else str(y)
+
+
+def _label_keys(y: Any) -> list[Any]:
+    if isinstance(y, (Tensor, np.ndarray)):
+        return [_label_key(v) for v in y.tolist()]
+    return [_label_key(v) for v in y]
+
+
+def _sort_key(key: Any) -> tuple[int, Any]:
+    return (0, key) if isinstance(key, int) else (1, key)
+
+
+def _open_memmap(path: Path, n: int) -> np.ndarray | None:
+    """The ``.npy`` at ``path`` memory-mapped copy-on-write, if it holds ``n`` rows."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read memory-mapped features {path}: {exc}") from exc
+    if len(array) != n:
+        raise DataError(f"{path} holds {len(array)} examples, the dataset {n}; delete it to "
+                        "rebuild it")
+    return array
 
 
 def _per_class(value: Any, n: int) -> bool:
@@ -266,8 +401,7 @@ def split_from_record(dataset: ClassDataset, record: Mapping[str, Any]) -> Datas
 def _subset_or_empty(dataset: ClassDataset, classes: list[int]) -> ClassDataset:
     if classes:
         return dataset.subset(classes)
-    c, h, w = dataset.image_shape
-    return ClassDataset(torch.empty(0, c, h, w, dtype=torch.uint8),
+    return ClassDataset(dataset.images.new_empty((0, *dataset.feature_shape)),
                         torch.empty(0, dtype=torch.int64), [],
                         None if dataset.alphabets is None else [], dataset.name)
 

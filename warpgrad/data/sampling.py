@@ -24,7 +24,10 @@ __all__ = ["AlphabetTasks", "FewShotSampler", "nearest_neighbour_accuracy", "to_
 
 
 def to_float(images: Tensor, device: str | torch.device = "cpu") -> Tensor:
-    """uint8 ``[B, C, H, W]`` -> float32 in [0, 1] on ``device`` (moved before converting)."""
+    """uint8 ``[B, C, H, W]`` -> float32 in [0, 1] on ``device`` (moved before converting);
+    floating-point features -> float32 as they are."""
+    if images.is_floating_point():
+        return images.to(device=device, dtype=torch.float32).contiguous()
     return images.to(device).contiguous().to(torch.float32).div_(255.0)
 
 

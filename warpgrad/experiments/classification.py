@@ -10,39 +10,51 @@
   meta-test classes.
 
 Datasets: ``glyphs`` (embedded, rendered on first use), ``omniglot``, ``mini-imagenet``,
-``tiered-imagenet`` (read from ``data_root`` in their standard layouts; see docs/data.md).
+``tiered-imagenet`` (read from ``data_root`` in their standard layouts; see docs/data.md),
+``folder`` (your images, ``data_root/<class>/*.png`` or ``data_root/<group>/<class>/*.png``)
+or ``"package.module:function"`` (a function returning a :class:`ClassDataset` or
+:class:`DatasetSplits`). ``model: "package.module:function"`` replaces conv4 by your model
+(docs/own-experiments.md).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from warpgrad import accel
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, check_methods, make_learner
 from warpgrad.data import (
     AlphabetTasks,
     ClassDataset,
+    DataError,
+    DatasetSplits,
     FewShotSampler,
     GlyphRecipe,
+    load_folder,
     load_glyphs,
     load_mini_imagenet,
     load_omniglot,
     load_tiered_imagenet,
     omniglot_standard_split,
     split_by_alphabet,
+    split_by_class,
 )
 from warpgrad.experiments.validation import check_config
-from warpgrad.models import conv4
+from warpgrad.models import WarpedModel, conv4, identity_init_
 from warpgrad.tasks import Task
 
-DATASETS = ("glyphs", "omniglot", "mini-imagenet", "tiered-imagenet")
+DATASETS = ("glyphs", "omniglot", "mini-imagenet", "tiered-imagenet", "folder")
 PROTOCOLS = ("multishot", "fewshot")
 
 
@@ -68,7 +80,11 @@ class ClassificationConfig:
     n_test_tasks: int = 10
     augment: bool = True
     image_size: int = 28
-    # learner
+    # learner: conv4 unless `model` names a builder, "package.module:function", called as
+    # function(n_classes, input_shape, warps, **model_options) -> (nn.Module, [warp names])
+    model: str = ""
+    model_options: dict[str, Any] = field(default_factory=dict)
+    identity_warps: bool = True  # `model` only: start its warps' Linear/Conv2d at identity
     filters: int = 64
     warp: str = "conv3x3"
     warp_depth: int = 1
@@ -101,6 +117,8 @@ class ClassificationConfig:
     precision: str = "fp32"
     cuda_graphs: bool = False  # GPU only: replay fixed-shape passes from CUDA graphs
     # evaluation and bookkeeping
+    val_every: int = 0  # evaluate on the validation tasks every N meta-iterations (0: never)
+    val_tasks: int = 100  # few-shot: validation episodes (multi-shot: every held-out group)
     eval_tasks: int = 600
     checkpoint_every: int = 10
     seed: int = 0
@@ -109,7 +127,12 @@ class ClassificationConfig:
 
     def __post_init__(self) -> None:
         check_methods(self.methods)
-        _choice("dataset", self.dataset, DATASETS)
+        if ":" in self.dataset:
+            import_object(self.dataset, "dataset")
+        else:
+            _choice("dataset", self.dataset, (*DATASETS, "package.module:function"))
+        if self.model:
+            import_object(self.model, "model")
         _choice("protocol", self.protocol, PROTOCOLS)
         _choice("warp", self.warp, ("scale", "linear", "conv3x3"))
         _choice("warp_activation", self.warp_activation, ("none", "relu", "leaky_relu", "tanh"))
@@ -120,22 +143,41 @@ class ClassificationConfig:
         for name in ("n_way", "k_shot", "train_shots", "test_shots", "batch_size",
                      "n_train_tasks", "n_test_tasks", "image_size", "filters", "warp_depth",
                      "steps", "eval_steps", "iterations", "meta_batch", "points_per_update",
-                     "warp_epochs", "point_stride", "eval_tasks", "checkpoint_every"):
+                     "warp_epochs", "point_stride", "eval_tasks", "checkpoint_every",
+                     "val_tasks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.point_fraction <= 1.0:
             raise ValueError(f"point_fraction must be in (0, 1], got {self.point_fraction}")
-        root = Path(self.data_root).expanduser()
-        if self.dataset != "glyphs" and not root.is_dir():
-            problem = "is a file, not a folder" if root.exists() else "does not exist"
-            raise ValueError(
-                f"dataset {self.dataset!r}: data root {self.data_root!r} {problem}; put the "
-                "files there (layouts: docs/data.md) or pass --data-root / set WARPGRAD_DATA")
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be 0 (never) or at least 1, got {self.val_every}")
         check_config(self)
 
-    @property
-    def in_channels(self) -> int:
-        return 1 if self.dataset in ("glyphs", "omniglot") else 3
+
+def import_object(path: str, key: str) -> Any:
+    """The object ``"package.module:name"`` names (``key`` is the config key, for errors).
+
+    The module is imported as Python would; failing that, from the current directory (where
+    an experiment's own ``models.py`` usually sits)."""
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"{key} must be \"package.module:function\", got {path!r}")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except (ImportError, SyntaxError) as error:
+        raise ValueError(f"{key}: cannot import {module_name!r} ({type(error).__name__}: "
+                         f"{error}); install it, put it on PYTHONPATH or run from its folder"
+                         ) from None
+    target = getattr(module, name, None)
+    if not callable(target):
+        raise ValueError(f"{key}: {module_name!r} has no function {name!r}")
+    return target
 
 
 def check_accelerator(config: Any) -> None:
@@ -165,16 +207,61 @@ def dataset_root(config: ClassificationConfig) -> Path:
     return nested if nested.is_dir() else root
 
 
+def _check_data_root(config: ClassificationConfig) -> None:
+    root = Path(config.data_root).expanduser()
+    if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(
+            f"dataset {config.dataset!r}: data root {config.data_root!r} {problem}; put the "
+            "files there (layouts: docs/data.md) or pass --data-root / set WARPGRAD_DATA")
+
+
+def random_groups(dataset: ClassDataset, size: int, seed: int) -> ClassDataset:
+    """The dataset with its classes dealt into seeded random groups of ``size`` (named
+    ``"group-000"``...; the last keeps the remainder), used as alphabets by the multi-shot
+    protocol when the data has no groups of its own."""
+    order = np.random.default_rng(seed).permutation(dataset.num_classes)
+    groups = [""] * dataset.num_classes
+    for position, c in enumerate(order.tolist()):
+        groups[c] = f"group-{position // size:03d}"
+    return ClassDataset(dataset.images, dataset.labels, dataset.class_names, groups,
+                        dataset.name, {**dataset.meta, "groups": "random"})
+
+
+def _user_splits(config: ClassificationConfig, data: Any) -> dict[str, ClassDataset]:
+    if isinstance(data, ClassDataset):
+        data = {"all": data}
+    elif isinstance(data, DatasetSplits):
+        data = {"train": data.train, "val": data.val, "test": data.test}
+    if (not isinstance(data, dict) or not all(isinstance(d, ClassDataset) for d in data.values())
+            or set(data) not in ({"all"}, {"train", "val", "test"})):
+        raise DataError(f"dataset {config.dataset!r} must return a ClassDataset or "
+                        f"DatasetSplits, got {type(data).__name__}")
+    if "all" in data and config.protocol == "fewshot":
+        splits = split_by_class(data["all"], seed=config.seed)
+        return {"train": splits.train, "val": splits.val, "test": splits.test}
+    if config.protocol == "multishot":
+        return {k: d if d.alphabets is not None else random_groups(d, config.n_way, config.seed)
+                for k, d in data.items()}
+    return data
+
+
 def load_splits(config: ClassificationConfig) -> dict[str, ClassDataset]:
     """The dataset as ``{"all": ...}`` (split into tasks by alphabet later) or as
     ``{"train", "val", "test"}`` class splits."""
     size = config.image_size
+    if ":" in config.dataset:
+        return _user_splits(config, import_object(config.dataset, "dataset")())
+    if config.dataset == "folder":
+        _check_data_root(config)
+        return _user_splits(config, load_folder(config.data_root, image_size=size))
     if config.dataset == "glyphs":
         glyphs = load_glyphs(GlyphRecipe(image_size=size))
         if config.protocol == "multishot":
             return {"all": glyphs}
         splits = split_by_alphabet(glyphs, seed=config.seed)
         return {"train": splits.train, "val": splits.val, "test": splits.test}
+    _check_data_root(config)
     root = dataset_root(config)
     if config.dataset == "omniglot":
         omniglot = load_omniglot(root, image_size=size)
@@ -184,6 +271,31 @@ def load_splits(config: ClassificationConfig) -> dict[str, ClassDataset]:
         return {"train": splits.train, "val": splits.val, "test": splits.test}
     loader = load_mini_imagenet if config.dataset == "mini-imagenet" else load_tiered_imagenet
     return {split: loader(root, split, image_size=size) for split in ("train", "val", "test")}
+
+
+def _user_model(c: ClassificationConfig, feature_shape: tuple[int, ...], warps: bool
+                ) -> WarpedModel:
+    """The ``model`` key's builder, called as ``build(n_classes, input_shape, warps,
+    **model_options)``; it returns ``(nn.Module, warp names)`` or a :class:`WarpedModel`."""
+    built = import_object(c.model, "model")(c.n_way, feature_shape, warps, **c.model_options)
+    if isinstance(built, WarpedModel):
+        model = built
+    elif (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)
+          and not isinstance(built[1], str)):
+        try:
+            model = WarpedModel(built[0], warps=list(built[1]))
+        except ValueError as error:
+            raise DataError(f"model {c.model}: {error}") from None
+    else:
+        raise DataError(f"model {c.model} must return (nn.Module, [warp submodule names]) or "
+                        f"a WarpedModel, got {type(built).__name__}")
+    if warps and not model.warp_names:
+        raise DataError(f"model {c.model}: method needs warp layers, but the builder named none "
+                        "(called with warps=True)")
+    if c.identity_warps:
+        for name in model.warp_modules:
+            identity_init_(model.module.get_submodule(name))
+    return model
 
 
 class ClassificationExperiment:
@@ -197,30 +309,46 @@ class ClassificationExperiment:
         self.methods = config.methods
         self.iterations, self.checkpoint_every = config.iterations, config.checkpoint_every
         self.seed, self.eval_steps = config.seed, config.eval_steps
+        self.val_every = config.val_every
+        self.chance = 1.0 / config.n_way
         c = config
         splits = load_splits(c)
+        some = next(iter(splits.values()))
+        self.feature_shape = some.feature_shape
+        if not some.is_images and not c.model:
+            raise DataError(f"dataset {c.dataset!r} holds features of shape "
+                            f"{self.feature_shape}, not images [C, H, W]: conv4 cannot read "
+                            "them; name your model's builder with model: package.module:function")
         self._record: dict[str, Any] = {"dataset": c.dataset, "protocol": c.protocol}
+        self._val: Callable[[], Sequence[Task]]
         if c.protocol == "multishot":
+            if c.augment and not some.is_images:
+                raise DataError(f"augment=true rotates and shifts images; dataset "
+                                f"{c.dataset!r} holds features of shape {self.feature_shape}: "
+                                "set augment: false")
             options = dict(n_way=c.n_way, train_shots=c.train_shots, test_shots=c.test_shots,
                            batch_size=c.batch_size, augment=c.augment, seed=c.seed,
                            device=c.device)
             if "all" in splits:
                 tasks = AlphabetTasks(splits["all"], n_train_tasks=c.n_train_tasks,
                                       n_test_tasks=c.n_test_tasks, **options)
+                self._check_task_counts(len(tasks), tasks.train, tasks.test)
                 self.train, self.test = tasks.train, tasks.test
                 self._record["alphabets"] = tasks.alphabets
+                self._val = lambda: tasks.val
             else:  # predefined class splits: tasks by category within each split
                 train = AlphabetTasks(splits["train"], n_train_tasks=c.n_train_tasks,
                                       n_test_tasks=0, **options)
                 test = AlphabetTasks(splits["test"], n_train_tasks=0,
                                      n_test_tasks=c.n_test_tasks, **options)
+                self._check_task_counts(None, train.train, test.test)
                 self.train, self.test = train.train, test.test
                 self._record["alphabets"] = {"train": train.alphabets["train"],
                                              "test": test.alphabets["test"]}
-            if not self.train or not self.test:
-                raise ValueError(f"{c.dataset}: no {c.n_way}-way tasks with "
-                                 f"{c.train_shots}+{c.test_shots} images per class for "
-                                 f"meta-training or meta-testing")
+                self._val = lambda: AlphabetTasks(splits["val"], n_train_tasks=0,
+                                                  n_test_tasks=0, **options).val
+            if some.meta.get("groups") == "random":
+                self._record["groups"] = f"random groups of {c.n_way} classes (seed {c.seed})"
             self.sampler = None
         else:
             self.sampler = FewShotSampler(splits["train"], c.n_way, c.k_shot, c.k_query,
@@ -229,17 +357,55 @@ class ClassificationExperiment:
                                           device=c.device, seed=c.seed)
             self.test = test_sampler.episodes(c.eval_tasks, seed=c.seed + 10_000)
             self._record["classes"] = {s: list(d.class_names) for s, d in splits.items()}
+            self._val = lambda: FewShotSampler(splits["val"], c.n_way, c.k_shot, c.k_query,
+                                               device=c.device, seed=c.seed
+                                               ).episodes(c.val_tasks, seed=c.seed + 30_000)
+
+    def _check_task_counts(self, eligible: int | None, train: Sequence[Task],
+                           test: Sequence[Task]) -> None:
+        """Too few groups for the tasks asked for is an error, never a silent cut."""
+        c = self.config
+        if len(train) == c.n_train_tasks and len(test) == c.n_test_tasks:
+            return
+        what = f"{c.n_way} classes with {c.train_shots}+{c.test_shots} images each"
+        if eligible is not None:
+            raise DataError(
+                f"{c.dataset}: {eligible} groups (alphabets) have {what}, but n_train_tasks + "
+                f"n_test_tasks = {c.n_train_tasks} + {c.n_test_tasks} asks for "
+                f"{c.n_train_tasks + c.n_test_tasks}; lower them (their sum at most {eligible})")
+        raise DataError(f"{c.dataset}: the train split has {len(train)} and the test split "
+                        f"{len(test)} groups with {what}; n_train_tasks={c.n_train_tasks} and "
+                        f"n_test_tasks={c.n_test_tasks} ask for more; lower them")
+
+    def val_tasks(self) -> Sequence[Task]:
+        """The validation tasks (built on first use): held-out groups (multi-shot) or
+        ``val_tasks`` episodes of the validation classes (few-shot)."""
+        try:
+            tasks = self._val()
+        except DataError as error:
+            raise DataError(f"val_every={self.val_every}: no validation tasks ({error})"
+                            ) from None
+        if not tasks:
+            raise DataError(f"val_every={self.val_every}: {self.config.dataset} leaves no "
+                            "validation tasks (every group went to training or testing); "
+                            "lower n_train_tasks or n_test_tasks, or set val_every=0")
+        self._val = lambda: tasks
+        return tasks
 
     def build_learner(self, method: str) -> MetaLearner:
         c = self.config
         torch.manual_seed(c.seed)
         spec = METHODS[method]
-        model = conv4(
-            c.n_way, in_channels=c.in_channels, image_size=c.image_size, filters=c.filters,
-            warp=c.warp if spec.needs_warps else None, warp_depth=c.warp_depth,
-            warp_batch_norm=c.warp_batch_norm, warp_residual=c.warp_residual,
-            warp_activation=None if c.warp_activation == "none" else c.warp_activation,
-            batch_norm=c.batch_norm)
+        if c.model:
+            model = _user_model(c, self.feature_shape, spec.needs_warps)
+        else:
+            channels, size = self.feature_shape[0], self.feature_shape[-1]
+            model = conv4(
+                c.n_way, in_channels=channels, image_size=size, filters=c.filters,
+                warp=c.warp if spec.needs_warps else None, warp_depth=c.warp_depth,
+                warp_batch_norm=c.warp_batch_norm, warp_residual=c.warp_residual,
+                warp_activation=None if c.warp_activation == "none" else c.warp_activation,
+                batch_norm=c.batch_norm)
         if c.accelerate:
             model = accel.convert(model, precision=c.precision, cuda_graphs=c.cuda_graphs)
         warp = (WarpGrad(c.warp_variant, c.warp_regime, epochs=c.warp_epochs,

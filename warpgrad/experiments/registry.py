@@ -1,15 +1,21 @@
 """Experiments by name: the shipped YAML configs, how they resolve and how each kind runs.
 
 An experiment is a YAML file in ``warpgrad/experiments/configs/`` whose ``kind`` names the
-config dataclass it fills and the code that runs it. Resolution order: the dataclass's
-defaults, then the YAML, then ``key=value`` overrides from the command line. Unknown keys and
-wrong types are rejected by OmegaConf's structured configs; values are then validated by the
+config dataclass it fills and the code that runs it, or your own YAML file in the same
+schema (given by its path), which may start from a shipped experiment with ``extends:
+NAME``. Resolution order: the dataclass's defaults, then the extended experiment's YAML,
+then the YAML, then ``key=value`` overrides from the command line. Unknown keys and wrong
+types are rejected by OmegaConf's structured configs; values are then validated by the
 dataclass itself.
+
+The experiment modules (and torch) are imported on first use of :data:`KINDS`, so that the
+command's help and its errors about names and files come back at once.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,17 +24,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-from warpgrad.experiments import continual, maze
-from warpgrad.experiments import run as run_module
-from warpgrad.experiments.classification import (
-    ClassificationConfig,
-    ClassificationExperiment,
-    default_data_root,
-)
-from warpgrad.experiments.sine import SineConfig, SineExperiment
 
 
 class ConfigError(ValueError):
@@ -53,6 +51,8 @@ class Kind:
 
 
 def _protocol_kind(config_cls: type, make: Callable[[Any, str], Any]) -> Kind:
+    from warpgrad.experiments import run as run_module
+
     def run(config: Any, name: str, run_dir: Path, progress: bool) -> dict[str, Any]:
         return run_module.run(make(config, name), run_record(name, config), run_dir,
                               progress=progress)
@@ -75,13 +75,33 @@ def module_config(module: Any) -> type:
                 isinstance(v, type) and v.__module__ == module.__name__)
 
 
-KINDS: dict[str, Kind] = {
-    "classification": _protocol_kind(ClassificationConfig,
-                                     lambda c, name: ClassificationExperiment(c, name)),
-    "sine": _protocol_kind(SineConfig, lambda c, name: SineExperiment(c)),
-    "continual": _single_method_kind(continual),
-    "maze": _single_method_kind(maze),
-}
+@functools.cache
+def kinds() -> dict[str, Kind]:
+    """Every kind of experiment, by the name a config's ``kind`` gives (imports them)."""
+    from warpgrad.experiments import continual, maze
+    from warpgrad.experiments.classification import (
+        ClassificationConfig,
+        ClassificationExperiment,
+    )
+    from warpgrad.experiments.sine import SineConfig, SineExperiment
+
+    return {
+        "classification": _protocol_kind(ClassificationConfig,
+                                         lambda c, name: ClassificationExperiment(c, name)),
+        "sine": _protocol_kind(SineConfig, lambda c, name: SineExperiment(c)),
+        "continual": _single_method_kind(continual),
+        "maze": _single_method_kind(maze),
+    }
+
+
+KIND_NAMES = ("classification", "sine", "continual", "maze")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KINDS":  # imported on first use
+        return kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_EXPERIMENT = "glyphs-multishot"
 
@@ -92,49 +112,85 @@ changed nothing but float rounding, so a run that has them resumes without them.
 
 def run_record(name: str, config: Any) -> dict[str, Any]:
     """What ``config.json`` holds: enough to rebuild the run (``--resume``, ``evaluate``)."""
-    kind = next(k for k, v in KINDS.items() if isinstance(config, v.config))
+    kind = next(k for k, v in kinds().items() if isinstance(config, v.config))
     return {"experiment": name, "kind": kind, "config": asdict(config)}
 
 
-def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool = True
-                 ) -> tuple[str, dict[str, Any]]:
-    """Re-evaluate every method's checkpoint in ``run_dir``; writes ``evaluation.json``.
-    Returns the kind and the summary (``summary.json``'s schema)."""
+CHECKPOINTS = ("last", "best")
+
+
+def evaluation_path(run_dir: Path, checkpoint: str = "last", eval_tasks: int | None = None
+                    ) -> Path:
+    """Where ``evaluate_run`` writes: ``evaluation.json`` for the last checkpoints on the
+    run's own test tasks; ``evaluation-best.json``, ``evaluation-tasks5.json``,
+    ``evaluation-best-tasks5.json`` for the other choices, so none replaces another."""
+    parts = ["evaluation"] + (["best"] if checkpoint == "best" else []) + (
+        [f"tasks{eval_tasks}"] if eval_tasks is not None else [])
+    return run_dir / ("-".join(parts) + ".json")
+
+
+def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool = True,
+                 checkpoint: str = "last", force: bool = False) -> tuple[str, dict[str, Any]]:
+    """Re-evaluate every method's ``checkpoint`` (``"last"``: ``checkpoint.pt``; ``"best"``:
+    ``best.pt``, the best on validation) in ``run_dir``; writes :func:`evaluation_path`,
+    which must not exist unless ``force``. Returns the kind and the summary
+    (``summary.json``'s schema; each result's ``checkpoint`` says which was used)."""
+    from warpgrad.experiments import run as run_module
     from warpgrad.experiments.rundir import load_checkpoint, open_existing, restoring, write_json
     from warpgrad.experiments.training import evaluate
 
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
     name, kind, config = load_run(run_dir)
     directory = open_existing(run_dir)  # writable and ours, before anything is computed
-    make = KINDS[kind].experiment
+    make = kinds()[kind].experiment
     if make is None:
         raise ConfigError(f"experiment kind {kind!r} has no separate evaluation; its run "
                           "already evaluated (see summary.json)")
+    out = evaluation_path(run_dir, checkpoint, eval_tasks)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; add --force to replace it")
     if eval_tasks is not None:
         config = _resolve(type(config), [OmegaConf.structured(config)], (),
                           {"eval_tasks": eval_tasks})
     experiment = make(config, name)
+    file = "best.pt" if checkpoint == "best" else "checkpoint.pt"
+    for method in experiment.methods:
+        if method != "no-meta" and not (run_dir / method / file).is_file():
+            hint = (f"the run did not validate (val_every={getattr(config, 'val_every', 0)});"
+                    " evaluate its last checkpoints" if checkpoint == "best" else
+                    f"train it first (warpgrad train --resume {run_dir})")
+            raise ConfigError(f"{run_dir}: method {method!r} has no {file}; {hint}")
     tasks = experiment.test_tasks()
     results = {}
     for method in experiment.methods:
         learner = experiment.build_learner(method)
-        checkpoint = run_dir / method / "checkpoint.pt"
+        path = run_dir / method / file
         seconds, iterations = 0.0, 0
-        if checkpoint.is_file():
-            state = load_checkpoint(checkpoint)
-            with restoring(checkpoint):
+        if path.is_file():
+            state = load_checkpoint(path)
+            with restoring(path):
                 learner.load_state_dict(state["learner"])
                 seconds, iterations = state["elapsed"], state["iteration"]
-        elif method != "no-meta":
-            raise ConfigError(f"{run_dir}: method {method!r} has no checkpoint yet; train it "
-                              f"first (warpgrad train --resume {run_dir})")
         metrics = evaluate(learner, tasks, seed=experiment.seed, steps=experiment.eval_steps,
                            progress=progress, desc=f"evaluate {method}")
-        results[method] = {**metrics, "meta_train_seconds": seconds, "iterations": iterations}
-    summary = {"schema": run_module.SCHEMA, "experiment": name, "metric": experiment.metric,
-               "higher_is_better": experiment.higher_is_better, "results": results}
-    write_json(run_dir / "evaluation.json", summary)
+        results[method] = {**metrics, "meta_train_seconds": seconds, "iterations": iterations,
+                           "checkpoint": checkpoint if path.is_file() else "none"}
+    summary = run_module.summarise(experiment, results)
+    write_json(out, summary)
     directory.release()
     return kind, summary
+
+
+def is_experiment_file(name: str) -> bool:
+    """A path to your own YAML file rather than a shipped experiment's name."""
+    return name.endswith((".yaml", ".yml")) or "/" in name
+
+
+def experiment_label(name: str) -> str:
+    """The name a run records and its default directory starts with: the shipped
+    experiment's name, or the file's stem."""
+    return Path(name).stem if is_experiment_file(name) else name
 
 
 def experiment_names() -> list[str]:
@@ -151,17 +207,17 @@ def load_experiment(
     data_root: str | None = None,
     device: str | None = None,
 ) -> tuple[str, Any]:
-    """Resolve an experiment's config: ``(kind, config dataclass instance)``."""
-    names = experiment_names()
-    if name not in names:
-        raise ConfigError(f"unknown experiment {name!r}; available: {', '.join(names)}")
-    path = resources.files("warpgrad.experiments") / "configs" / f"{name}.yaml"
-    raw = OmegaConf.create(path.read_text())
+    """Resolve an experiment's config: ``(kind, config dataclass instance)``. ``name`` is a
+    shipped experiment or the path of your own YAML file."""
+    raw = _read_experiment(name)
     kind = raw.pop("kind", None)
-    if kind not in KINDS:
-        raise ConfigError(f"{name}.yaml: kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if kind not in KIND_NAMES:
+        raise ConfigError(f"{_shown(name)}: kind must be one of {sorted(KIND_NAMES)}, got "
+                          f"{kind!r}")
+    name = experiment_label(name)
+    config_cls = kinds()[kind].config
     extra: dict[str, Any] = {}
-    fields = KINDS[kind].config.__dataclass_fields__
+    fields = config_cls.__dataclass_fields__
     if methods is not None:
         if "methods" in fields:
             extra["methods"] = list(methods)
@@ -177,13 +233,55 @@ def load_experiment(
         if data_root is not None:
             extra["data_root"] = data_root
         elif not raw.get("data_root") and not any(o.startswith("data_root=") for o in overrides):
+            from warpgrad.experiments.classification import default_data_root
+
             extra["data_root"] = default_data_root()
-    config = _resolve(KINDS[kind].config, [raw], overrides, extra)
+    config = _resolve(config_cls, [raw], overrides, extra)
     if data_root is not None and getattr(config, "dataset", None) in (None, "glyphs"):
         warnings.warn(f"--data-root {data_root} is unused: experiment {name!r} uses "
                       f"{'embedded' if 'data_root' in fields else 'generated'} data",
                       stacklevel=2)
     return kind, config
+
+
+def _shown(name: str) -> str:
+    return name if is_experiment_file(name) else f"{name}.yaml"
+
+
+def _shipped(name: str) -> DictConfig:
+    names = experiment_names()
+    if name not in names:
+        raise ConfigError(f"unknown experiment {name!r}; available: {', '.join(names)} (or the "
+                          "path of your own .yaml file)")
+    path = resources.files("warpgrad.experiments") / "configs" / f"{name}.yaml"
+    return OmegaConf.create(path.read_text())
+
+
+def _read_experiment(name: str) -> DictConfig:
+    """The experiment's YAML as one config: a shipped one, or a file (its ``extends``
+    merged under it)."""
+    if not is_experiment_file(name):
+        return _shipped(name)
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{path}: not a readable YAML file ({first})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys (kind: ..., key: value)")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return OmegaConf.create(loaded)
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must name a shipped experiment, got {base!r}")
+    merged = _shipped(base)
+    if "kind" in loaded and loaded["kind"] != merged.get("kind"):
+        raise ConfigError(f"{path}: kind {loaded['kind']!r} differs from the kind "
+                          f"{merged.get('kind')!r} of {base!r}, which it extends")
+    return OmegaConf.merge(merged, OmegaConf.create(loaded))
 
 
 RESUME_KEYS: dict[str, tuple[str, ...]] = {
@@ -208,8 +306,8 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[str, str, An
         kind = record["kind"]
         recorded = {k: v for k, v in record["config"].items() if k not in RETIRED_KEYS}
         name = record["experiment"]
-        if kind not in KINDS:
-            raise KeyError(f"kind {kind!r}, expected one of {sorted(KINDS)}")
+        if kind not in KIND_NAMES:
+            raise KeyError(f"kind {kind!r}, expected one of {sorted(KIND_NAMES)}")
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     except (KeyError, ValueError, AttributeError, TypeError) as error:
@@ -222,7 +320,7 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[str, str, An
                           f"{', '.join(map(repr, fixed))} is fixed by the run's checkpoints "
                           "(start a new run to change it)")
     try:
-        return name, kind, _resolve(KINDS[kind].config, [OmegaConf.create(recorded)],
+        return name, kind, _resolve(kinds()[kind].config, [OmegaConf.create(recorded)],
                                     overrides, {})
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

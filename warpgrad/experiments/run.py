@@ -6,6 +6,7 @@ A run directory holds::
     environment.json    versions, device, threads, seed, command line; one entry per resume
     .lock               held by the process writing the directory (rundir.py)
     <method>/           checkpoint.pt, metrics.csv, eval.json (and tensorboard/ if installed)
+                        (best.pt too when the experiment validates: ``val_every``)
     learning_curves.png adaptation loss (and WarpGrad's meta-loss) per meta-iteration
     results.png         the headline metric per method with its 95% CI
     summary.json        the final figures (schema below)
@@ -14,7 +15,13 @@ A run directory holds::
 
     {"schema": 1, "experiment": str, "metric": str, "higher_is_better": bool,
      "results": {method: {"<metric>": {"mean": float, "ci95": float, "n": int}, ...,
-                          "meta_train_seconds": float, "iterations": int}}}
+                          "meta_train_seconds": float, "iterations": int,
+                          "checkpoint": "last" | "best" | "none"}},
+     "chance": float}  # the metric's chance level, where the experiment knows it
+
+``checkpoint`` says which one was evaluated (a run evaluates its last; ``warpgrad evaluate
+--checkpoint best`` the best on validation; ``none`` for ``no-meta``, which has none) and
+``iterations`` its meta-iteration.
 
 where the metrics are those of :meth:`MetaLearner.evaluate` (``test_loss``,
 ``test_accuracy`` for classification, ``train_loss_first``/``_last``/``_auc``).
@@ -31,7 +38,13 @@ import torch
 
 from warpgrad.algorithms import MetaLearner
 from warpgrad.experiments.rundir import claim, save_figure, write_json
-from warpgrad.experiments.training import check_checkpoint, evaluate, meta_train
+from warpgrad.experiments.training import (
+    Validation,
+    check_checkpoint,
+    evaluate,
+    log_results,
+    meta_train,
+)
 from warpgrad.tasks.base import Task
 
 SCHEMA = 1
@@ -58,6 +71,17 @@ class Experiment(Protocol):
 
     def record(self) -> dict[str, Any]: ...
 
+    # optional: experiments with ``val_every`` (> 0) and ``val_tasks()`` validate
+
+
+def validation(experiment: Experiment) -> Validation | None:
+    """The experiment's validation, if it has one (``val_every > 0``)."""
+    every = getattr(experiment, "val_every", 0)
+    if not every:
+        return None
+    return Validation(experiment.val_tasks, every, experiment.metric,  # type: ignore[attr-defined]
+                      experiment.higher_is_better, experiment.seed, experiment.eval_steps)
+
 
 def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
         progress: bool = True) -> dict[str, Any]:
@@ -69,6 +93,9 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
     directory = claim(run_dir, config, seed=experiment.seed)  # locked while this runs
     write_json(run_dir / "data.json", experiment.record())
     test_tasks = experiment.test_tasks()
+    validate = validation(experiment)
+    if validate is not None:
+        validate.tasks()  # no validation tasks: say so before meta-training
     results, histories = {}, {}
     for method in experiment.methods:
         learner = experiment.build_learner(method)
@@ -79,21 +106,32 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
                                   iterations=experiment.iterations,
                                   checkpoint_every=experiment.checkpoint_every,
                                   seed=experiment.seed, progress=progress,
-                                  desc=f"meta-train {method}")
+                                  desc=f"meta-train {method}", validation=validate)
             seconds, history = training.seconds, training.history
         metrics = evaluate(learner, test_tasks, seed=experiment.seed,
                            steps=experiment.eval_steps, progress=progress,
                            desc=f"evaluate {method}")
-        result = {**metrics, "meta_train_seconds": seconds, "iterations": len(history)}
+        result = {**metrics, "meta_train_seconds": seconds, "iterations": len(history),
+                  "checkpoint": "last" if method != "no-meta" else "none"}
         method_dir.mkdir(parents=True, exist_ok=True)
         write_json(method_dir / "eval.json", result)
+        log_results(method_dir, config.get("config", {}), metrics, len(history))
         results[method], histories[method] = result, history
-    summary = {"schema": SCHEMA, "experiment": experiment.name, "metric": experiment.metric,
-               "higher_is_better": experiment.higher_is_better, "results": results}
+    summary = summarise(experiment, results)
     write_json(run_dir / "summary.json", summary)
-    plot_learning_curves(histories, run_dir / "learning_curves.png")
+    plot_learning_curves(histories, run_dir / "learning_curves.png", experiment.name)
     plot_results([summary], run_dir / "results.png")
     directory.release()
+    return summary
+
+
+def summarise(experiment: Experiment, results: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json``'s content (``chance``: the metric's chance level, where known)."""
+    summary = {"schema": SCHEMA, "experiment": experiment.name, "metric": experiment.metric,
+               "higher_is_better": experiment.higher_is_better, "results": results}
+    chance = getattr(experiment, "chance", None)
+    if chance is not None:
+        summary["chance"] = chance
     return summary
 
 
@@ -108,13 +146,19 @@ def format_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str] | No
     for i, summary in enumerate(summaries):
         for method, r in summary["results"].items():
             m = r.get(metric)
-            cell = "—" if m is None else f"{m['mean'] * scale:>7.2f} ± {m['ci95'] * scale:<7.2f}"
+            if m is None:
+                cell = "—"
+            elif m.get("n", 2) < 2:  # one task: no spread to estimate
+                cell = f"{m['mean'] * scale:>7.2f} (n = 1, no CI)"
+            else:
+                cell = f"{m['mean'] * scale:>7.2f} ± {m['ci95'] * scale:<7.2f}"
             label = f"{labels[i]:<24}" if labels else ""
             rows.append(f"{label}{method:<14} {cell:<26} {r['meta_train_seconds']:>8.1f} s")
     return "\n".join(rows)
 
 
-def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Path,
+                         title: str = "") -> None:
     """Adaptation loss at the last step (solid) and WarpGrad's meta-loss (dashed) per
     meta-iteration, one colour per method."""
     import matplotlib
@@ -123,6 +167,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Pat
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    meta_loss = False
     for method, history in histories.items():
         if not history:
             continue
@@ -130,10 +175,13 @@ def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Pat
         if "adapt_loss_last" in history[0]:
             (line,) = ax.plot(its, [h["adapt_loss_last"] for h in history], label=method)
             if "warp_loss" in history[0]:
+                meta_loss = True
                 ax.plot(its, [h["warp_loss"] for h in history], "--", color=line.get_color(),
                         label=f"{method} meta-loss")
     ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("training loss after adaptation")
+    ax.set_ylabel("training loss after adaptation" +
+                  (" (solid);\nWarpGrad meta-loss (dashed)" if meta_loss else ""))
+    ax.set_title(f"{title}: learning curves" if title else "learning curves")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -144,20 +192,36 @@ def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Pat
 
 def plot_results(summaries: Sequence[dict[str, Any]], path: Path,
                  labels: Sequence[str] | None = None) -> None:
-    """The headline metric per method (and run) with 95% CI error bars."""
+    """The headline metric per method, one colour per run (``labels``, in a legend), with
+    95% CI error bars, in the table's units, and the chance level where the summary has
+    one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric = summaries[0]["metric"]
-    bars = [(f"{labels[i]}\n{m}" if labels else m, r[metric])
-            for i, s in enumerate(summaries) for m, r in s["results"].items() if metric in r]
-    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(bars)), 4))
-    ax.bar(range(len(bars)), [b[1]["mean"] for b in bars],
-           yerr=[b[1]["ci95"] for b in bars], capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(metric.replace("_", " "))
+    scale, unit = (100.0, " (%)") if metric == "test_accuracy" else (1.0, "")
+    methods = list(dict.fromkeys(m for s in summaries for m, r in s["results"].items()
+                                 if metric in r))
+    width = 0.8 / len(summaries)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(methods) * len(summaries)
+                                        ** 0.5), 4))
+    for i, summary in enumerate(summaries):
+        found = [(j, summary["results"][m][metric]) for j, m in enumerate(methods)
+                 if metric in summary["results"].get(m, {})]
+        ax.bar([j + (i - (len(summaries) - 1) / 2) * width for j, _ in found],
+               [r["mean"] * scale for _, r in found], width * 0.95,
+               yerr=[r["ci95"] * scale for _, r in found], capsize=4, alpha=0.85,
+               label=labels[i] if labels else None)
+    chances = {s.get("chance") for s in summaries} - {None}
+    if len(chances) == 1:
+        ax.axhline(chances.pop() * scale, color="grey", linestyle=":", label="chance")
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric.replace("_", " ") + unit)
+    ax.set_title("error bars: 95% confidence intervals over test tasks", fontsize=9)
+    if labels or ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

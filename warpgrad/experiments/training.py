@@ -4,7 +4,8 @@ A method's files live in ``RUN_DIR/<method>/``: ``checkpoint.pt`` (atomic, every
 ``checkpoint_every`` iterations and at the end), ``metrics.csv`` (one row per
 meta-iteration, rewritten with each checkpoint so it never runs ahead of it, and from the
 checkpoint's history on every resume, so it never falls behind either) and, when the
-``tensorboard`` package is installed, TensorBoard event files. A killed run resumes from the
+``tensorboard`` package is installed, TensorBoard event files; with a :class:`Validation`,
+``best.pt`` (the learner at its best validation score so far). A killed run resumes from the
 checkpoint with nothing lost or repeated: the learner (model, optimisers, RNG), the task
 sampler's RNG, the iteration counter, the elapsed time and the metrics history are restored.
 """
@@ -35,6 +36,56 @@ MetaBatchSampler = Callable[[torch.Generator], Sequence[Task]]
 
 
 @dataclass
+class Validation:
+    """Score the learner on validation tasks every ``every`` meta-iterations and keep the
+    best one in ``best.pt``.
+
+    The scores go into that iteration's row of the history as ``val_<metric>`` (``test_``
+    dropped: ``val_loss``, ``val_accuracy``). ``metric`` (e.g. ``"test_accuracy"``) and
+    ``higher_is_better`` pick the best. Validation draws from its own seeded generator and
+    restores the learner's, so a run's training is the same with or without it; its time is
+    not counted as meta-training time.
+    """
+
+    tasks: Callable[[], Sequence[Task]]
+    every: int
+    metric: str
+    higher_is_better: bool
+    seed: int
+    steps: int | None = None
+
+    @property
+    def key(self) -> str:
+        return val_key(self.metric)
+
+    def due(self, iteration: int) -> bool:
+        return iteration % self.every == 0
+
+    def run(self, learner: MetaLearner, method_dir: Path, history: list[dict[str, float]],
+            state: dict) -> dict[str, float]:
+        """Validate, write ``state`` to ``best.pt`` on a new best; returns the row's
+        scores."""
+        generator = learner.generator.get_state()
+        try:
+            metrics = evaluate(learner, self.tasks(), seed=self.seed + 30_000,
+                               steps=self.steps, progress=False)
+        finally:
+            learner.generator.set_state(generator)
+        row = {val_key(k): v["mean"] for k, v in metrics.items() if k.startswith("test_")}
+        earlier = [h[self.key] for h in history if self.key in h]
+        score = row[self.key] if self.higher_is_better else -row[self.key]
+        best = max((v if self.higher_is_better else -v for v in earlier), default=-math.inf)
+        if score > best:  # ties keep the earlier checkpoint
+            save_checkpoint(method_dir / "best.pt", state)
+        return row
+
+
+def val_key(metric: str) -> str:
+    """The history's column for a validation metric: ``test_accuracy`` -> ``val_accuracy``."""
+    return "val_" + metric.removeprefix("test_")
+
+
+@dataclass
 class Training:
     """A finished (or resumed-and-finished) meta-training: wall seconds summed over resumes
     and one dict of statistics per meta-iteration."""
@@ -53,12 +104,14 @@ def meta_train(
     seed: int,
     progress: bool = True,
     desc: str = "meta-train",
+    validation: Validation | None = None,
 ) -> Training:
     """Run ``iterations`` meta-steps of ``learner`` on meta-batches from ``sample``, resuming
     from ``method_dir/checkpoint.pt`` when it exists (with the learning rates the learner
-    was built with). Raises ``FloatingPointError`` when a meta-step returns a non-finite loss
-    or, at a checkpoint, the learner holds non-finite values (a diverged run stops with a
-    clear message and its last finite checkpoint); warns when the loss did not improve."""
+    was built with; and validating, see :class:`Validation`). Raises ``FloatingPointError``
+    when a meta-step returns a non-finite loss or, at a checkpoint, the learner holds
+    non-finite values (a diverged run stops with a clear message and its last finite
+    checkpoint); warns when the loss did not improve."""
     method_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = method_dir / "checkpoint.pt"
     tasks = torch.Generator().manual_seed(seed + 1)
@@ -79,6 +132,13 @@ def meta_train(
                 f"{stats}); lower the meta or inner learning rates")
         done = iteration + 1
         history.append({"iteration": done, **stats})
+        if validation is not None and validation.due(done):
+            paused = time.perf_counter()
+            seconds = elapsed + paused - clock
+            state = {"learner": learner.state_dict(), "iteration": done, "elapsed": seconds}
+            stats.update(validation.run(learner, method_dir, history[:-1], state))
+            history[-1].update(stats)
+            clock += time.perf_counter() - paused  # validation is not meta-training time
         bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
         if board is not None:
             for key, value in stats.items():
@@ -180,6 +240,22 @@ def write_metrics(path: Path, history: Sequence[dict[str, float]], first: str = 
     writer.writeheader()
     writer.writerows(history)
     write_file(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def log_results(method_dir: Path, config: dict, metrics: dict[str, dict[str, float]],
+                iteration: int) -> None:
+    """The evaluation's means and the run's hyperparameters to TensorBoard (when installed):
+    ``test/<metric>`` scalars and an hparams entry (scalar config fields)."""
+    board = _tensorboard(method_dir)
+    if board is None:
+        return
+    means = {f"test/{k}": v["mean"] for k, v in metrics.items()}
+    for key, value in means.items():
+        board.add_scalar(key, value, iteration)
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+               for k, v in config.items()}
+    board.add_hparams(hparams, means, run_name="hparams")
+    board.close()
 
 
 def _tensorboard(method_dir: Path):

@@ -97,13 +97,47 @@ def warp_stack(channels: int, depth: int = 1, **kwargs) -> nn.Module:
     return nn.Sequential(*(WarpLayer(channels, **kwargs) for _ in range(depth)))
 
 
+def identity_init_(module: nn.Module) -> nn.Module:
+    """Start every ``nn.Linear`` and ``nn.Conv2d`` inside ``module`` at the identity map
+    (weight = identity, bias = 0), in place; returns ``module``.
+
+    For your own warps (``WarpedModel(net, warps=[...])`` with plain layers, which PyTorch
+    initialises at random): a random warp distorts every gradient from the first
+    meta-iteration, an identity warp starts meta-training from plain SGD (what
+    :class:`WarpLayer` does by default). Each layer must map its width to itself
+    (``in_features == out_features``; a conv with ``in_channels == out_channels``, odd
+    kernel and "same" padding); raises ``ValueError`` naming the first layer that does not.
+    """
+    found = False
+    for name, layer in module.named_modules():
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            continue
+        found = True
+        if isinstance(layer, nn.Linear):
+            square = layer.in_features == layer.out_features
+        else:
+            k = layer.kernel_size
+            square = (layer.in_channels == layer.out_channels and layer.groups == 1
+                      and all(s == 1 for s in layer.stride) and all(n % 2 for n in k)
+                      and layer.padding in ("same", tuple(n // 2 for n in k)))
+        if not square:
+            raise ValueError(f"identity_init_: layer {name or type(layer).__name__!r} "
+                             f"({layer}) does not map its input's shape to itself")
+        _identity_(layer)
+    if not found:
+        raise ValueError(f"identity_init_: {type(module).__name__} has no nn.Linear or "
+                         "nn.Conv2d to initialise")
+    return module
+
+
 def _identity_(layer: nn.Module) -> None:
     with torch.no_grad():
         if isinstance(layer, nn.Conv2d):
             nn.init.dirac_(layer.weight)
         else:
             nn.init.eye_(layer.weight)
-        layer.bias.zero_()
+        if layer.bias is not None:
+            layer.bias.zero_()
 
 
 def _activation(name: str | None) -> nn.Module:
