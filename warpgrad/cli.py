@@ -18,6 +18,7 @@ import click
 import torch
 import yaml
 
+from warpgrad import distributed
 from warpgrad.data.errors import DataError
 from warpgrad.experiments import registry
 from warpgrad.experiments.registry import DEFAULT_EXPERIMENT, ConfigError
@@ -35,9 +36,9 @@ def _user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, FileNotFoundError) as error:
+        except (ConfigError, DataError, FileNotFoundError, distributed.LaunchError) as error:
             _fail(str(error))
-        except FloatingPointError as error:  # a diverged run: not a usage error
+        except (FloatingPointError, distributed.CollectiveError) as error:  # not usage errors
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
 
@@ -127,9 +128,23 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
     if threads is not None:
         torch.set_num_threads(threads)
     _accelerate_process(config)
+    _join_processes(kind, config)
     summary = registry.KINDS[kind].run(config, name, run_dir, not no_progress)
-    click.echo(registry.KINDS[kind].table(summary))
-    click.echo(f"run directory: {run_dir}")
+    if distributed.is_main():
+        click.echo(registry.KINDS[kind].table(summary))
+        click.echo(f"run directory: {run_dir}")
+    distributed.shutdown()
+
+
+def _join_processes(kind: str, config: object) -> None:
+    """Under torchrun, join the other processes (after every one has checked its arguments
+    and the run directory, before any writes) and check that the run can be split."""
+    if not distributed.init_from_env():
+        return
+    if registry.KINDS[kind].experiment is None:
+        raise ConfigError(f"experiment kind {kind!r} runs in one process; launch it without "
+                          "torchrun")
+    distributed.shard(range(config.meta_batch))  # a meta-batch the processes divide
 
 
 @main.command()

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from warpgrad import distributed
 from warpgrad.algorithms import MetaLearner
 from warpgrad.experiments.checkpoint import write_json
 from warpgrad.experiments.training import evaluate, meta_train
@@ -62,11 +63,14 @@ class Experiment(Protocol):
 def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
         progress: bool = True) -> dict[str, Any]:
     """Meta-train and evaluate every method of ``experiment`` (resuming what ``run_dir``
-    already holds), write the run directory and return the summary."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
-    write_json(run_dir / "environment.json", environment(experiment.seed))
-    write_json(run_dir / "data.json", experiment.record())
+    already holds), write the run directory and return the summary. Under torchrun every
+    rank calls it and gets the summary; rank 0 alone writes."""
+    main = distributed.is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config)
+        write_json(run_dir / "environment.json", environment(experiment.seed))
+        write_json(run_dir / "data.json", experiment.record())
     test_tasks = experiment.test_tasks()
     results, histories = {}, {}
     for method in experiment.methods:
@@ -84,14 +88,16 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
                            steps=experiment.eval_steps, progress=progress,
                            desc=f"evaluate {method}")
         result = {**metrics, "meta_train_seconds": seconds, "iterations": len(history)}
-        method_dir.mkdir(parents=True, exist_ok=True)
-        write_json(method_dir / "eval.json", result)
+        if main:
+            method_dir.mkdir(parents=True, exist_ok=True)
+            write_json(method_dir / "eval.json", result)
         results[method], histories[method] = result, history
     summary = {"schema": SCHEMA, "experiment": experiment.name, "metric": experiment.metric,
                "higher_is_better": experiment.higher_is_better, "results": results}
-    write_json(run_dir / "summary.json", summary)
-    plot_learning_curves(histories, run_dir / "learning_curves.png")
-    plot_results([summary], run_dir / "results.png")
+    if main:
+        write_json(run_dir / "summary.json", summary)
+        plot_learning_curves(histories, run_dir / "learning_curves.png")
+        plot_results([summary], run_dir / "results.png")
     return summary
 
 
@@ -116,7 +122,7 @@ def environment(seed: int) -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "seed": seed, "argv": sys.argv}
+            "seed": seed, "argv": sys.argv, "world_size": distributed.world_size()}
 
 
 def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from warpgrad import distributed
 from warpgrad._files import atomic_write
 from warpgrad._stats import mean_ci
 from warpgrad.algorithms import MetaLearner
@@ -30,6 +31,10 @@ from warpgrad.tasks.base import Task
 
 MetaBatchSampler = Callable[[torch.Generator], Sequence[Task]]
 """Draws one meta-batch of training tasks from the given generator."""
+
+
+_EVAL_TASK_SEED_STRIDE = 7_919
+"""Under torchrun, test task i seeds the generator ``seed + 20000 + stride * (i + 1)``."""
 
 
 @dataclass
@@ -54,22 +59,30 @@ def meta_train(
 ) -> Training:
     """Run ``iterations`` meta-steps of ``learner`` on meta-batches from ``sample``, resuming
     from ``method_dir/checkpoint.pt`` when it exists. Raises ``FloatingPointError`` when a
-    meta-step returns a non-finite loss (a diverged run stops with a clear message)."""
-    method_dir.mkdir(parents=True, exist_ok=True)
+    meta-step returns a non-finite loss (a diverged run stops with a clear message).
+
+    Under torchrun every rank calls it: each draws the whole meta-batch and adapts its share
+    (:mod:`warpgrad.distributed`); rank 0 alone reads and writes ``method_dir``."""
+    main = distributed.is_main()
+    if main:
+        method_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = method_dir / "checkpoint.pt"
+    distributed.wrap(learner)
     tasks = torch.Generator().manual_seed(seed + 1)
     start, elapsed, history = 0, 0.0, []
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint)
+    state = distributed.broadcast(
+        load_checkpoint(checkpoint) if main and checkpoint.exists() else None)
+    if state is not None:
         learner.load_state_dict(state["learner"])
+        distributed.restore(learner, state, state["iteration"])
         tasks.set_state(state["task_generator"])
         start, elapsed, history = state["iteration"], state["elapsed"], state["history"]
-    board = _tensorboard(method_dir)
+    board = _tensorboard(method_dir) if main else None
     bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations,
-               disable=not progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+               disable=not progress or not main, leave=False, file=sys.stderr, dynamic_ncols=True)
     clock = time.perf_counter()
     for iteration in bar:
-        stats = learner.meta_step(sample(tasks))
+        stats = learner.meta_step(distributed.shard(sample(tasks)))
         if not all(math.isfinite(v) for v in stats.values()):
             raise FloatingPointError(
                 f"{desc}: diverged at meta-iteration {iteration + 1} (non-finite loss "
@@ -83,10 +96,12 @@ def meta_train(
         if done % checkpoint_every == 0 or done == iterations:
             now = time.perf_counter()
             elapsed, clock = elapsed + now - clock, now
-            save_checkpoint(checkpoint, {"learner": learner.state_dict(), "iteration": done,
-                                         "task_generator": tasks.get_state(),
-                                         "elapsed": elapsed, "history": history})
-            write_metrics(method_dir / "metrics.csv", history)
+            ranks = distributed.checkpoint_state(learner)
+            if main:
+                save_checkpoint(checkpoint, {"learner": learner.state_dict(), "iteration": done,
+                                             "task_generator": tasks.get_state(),
+                                             "elapsed": elapsed, "history": history, **ranks})
+                write_metrics(method_dir / "metrics.csv", history)
     if board is not None:
         board.close()
     return Training(elapsed, history)
@@ -95,7 +110,18 @@ def meta_train(
 def evaluate(learner: MetaLearner, tasks: Sequence[Task], *, seed: int, steps: int | None = None,
              progress: bool = True, desc: str = "evaluate") -> dict[str, dict[str, float]]:
     """Adapt from the meta-learned initialisation on each task and score its held-out data.
-    Returns every metric of :meth:`MetaLearner.evaluate` as mean and 95% CI over tasks."""
+    Returns every metric of :meth:`MetaLearner.evaluate` as mean and 95% CI over tasks.
+
+    Under torchrun the tasks are split over the ranks and their metrics gathered; each task
+    then seeds the learner's generator from its index, so the figures do not depend on the
+    number of processes (one process keeps its single stream of draws)."""
+    if distributed.world_size() > 1:
+        def one(index: int, task: Task) -> dict[str, float]:
+            learner.generator.manual_seed(seed + 20_000 + _EVAL_TASK_SEED_STRIDE * (index + 1))
+            return learner.evaluate(task, steps)
+
+        per_task = distributed.split_map(one, tasks)
+        return {key: mean_ci([m[key] for m in per_task]) for key in per_task[0]}
     learner.generator.manual_seed(seed + 20_000)
     per_task = [learner.evaluate(task, steps)
                 for task in tqdm(tasks, desc=desc, disable=not progress, leave=False,
