@@ -106,8 +106,9 @@ def init_from_env(timeout_s: float | None = None) -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (after the last collective); a no-op when not in one."""
+    """Leave the process group once every rank is done; a no-op when not in one."""
     if _active():
+        barrier()  # a rank that leaves while another still talks to it can abort that one
         dist.destroy_process_group()
 
 
@@ -217,8 +218,8 @@ def shard(items: Sequence[T], rank_: int | None = None, world: int | None = None
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
     if len(items) % w:
-        raise LaunchError(f"the meta-batch (meta_batch={len(items)} tasks) must be a multiple of the "
-                             f"number of processes ({w})")
+        raise LaunchError(f"the meta-batch (meta_batch={len(items)} tasks) must be a multiple "
+                          f"of the number of processes ({w})")
     return list(items[r::w])
 
 
@@ -275,7 +276,8 @@ def checkpoint_state(learner: Any) -> dict[str, Any]:
     ranks). Empty at world size 1, so single-process checkpoints are unchanged."""
     if world_size() == 1:
         return {}
-    return {"world_size": world_size(), "rank_generators": all_gather(learner.generator.get_state())}
+    return {"world_size": world_size(),
+            "rank_generators": all_gather(learner.generator.get_state())}
 
 
 def restore(learner: Any, state: dict[str, Any], iteration: int) -> None:
