@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,24 @@ def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes_to_the_sa
     assert _results(run_dir) == _results(torchrun_dir)
     assert (run_dir / "warp-leap/metrics.csv").read_text() == (
         torchrun_dir / "warp-leap/metrics.csv").read_text()
+
+
+def test_scale_out_figure_reports_throughput_and_time_in_collectives():
+    """Figure 11 at a tiny scale (its format, not its speed): both world sizes, every
+    method; one process spends no time in collectives, two do."""
+    from warpgrad import bench
+
+    tiny = replace(bench.SCALES["small"], steps=1, batch_size=4, filters=4, threads=1)
+    results = bench.run_suite(tiny, bench.Suite(("scale_out",)))
+    assert set(results["scale_out"]) == set(bench.SCALE_OUT_METHODS)
+    for by_world in results["scale_out"].values():
+        one, two = by_world["1"], by_world["2"]
+        assert (one["world_size"], two["world_size"]) == (1, WORLD)
+        assert one["communication_seconds_per_iteration"] == 0 and "speedup_over_1" not in one
+        assert 0 < two["communication_seconds_per_iteration"] < two["seconds_per_iteration"]
+        assert two["speedup_over_1"] == pytest.approx(
+            one["seconds_per_iteration"] / two["seconds_per_iteration"])
+        for r in (one, two):
+            assert r["meta_iterations_per_second"] == pytest.approx(
+                1 / r["seconds_per_iteration"])
+    assert "| scale-out speed-up | leap, 2 process(es) |" in bench.markdown(results)

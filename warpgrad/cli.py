@@ -243,7 +243,8 @@ def data_contact_sheet(out: Path, experiment: str, data_root: str | None) -> Non
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
               "memory_vs_steps, warped_step, batched_objective, switches, online, host_ops, "
               "convolutions (default: all of these), training (only when named: whole "
-              "meta-batches, one point per warp update or points batched)")
+              "meta-batches, one point per warp update or points batched), scale_out (only "
+              "when named: 1 and 2 processes on torch.distributed)")
 @click.option("--reference", is_flag=True, default=False,
               help="run every figure on the reference core instead of the accelerator "
               "(no warpgrad.accel.convert; the switches ladder still climbs from it to the "

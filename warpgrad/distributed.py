@@ -158,7 +158,11 @@ def communication() -> dict[str, float]:
     return dict(_COMMUNICATION)
 
 
-def reset_communication() -> None:
+def reset_communication(sync_cuda: bool = False) -> None:
+    """Zero :func:`communication`'s counters. ``sync_cuda``: from now on synchronise CUDA
+    around each collective, so that its time includes its kernels (costs overlap)."""
+    global _SYNC_TIMING
+    _SYNC_TIMING = sync_cuda
     _COMMUNICATION.update(seconds=0.0, calls=0)
 
 
