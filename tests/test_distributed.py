@@ -126,7 +126,7 @@ def test_offline_shuffled_minibatches_match_one_process_within_its_shuffle_noise
     buffer. The mini-batches differ by construction, so the tolerance is the single
     process's own spread over shuffle seeds: after 3 meta-iterations (24 Adam updates) the
     2-rank run is no farther from the seed-0 single process than 1.5x the mean distance of
-    seeds 1-3 from it (measured: 0.6x)."""
+    seeds 1-3 from it (measured: 0.7x)."""
     ranks = two_ranks["ranks"]
     case = "warp-leap offline shuffled"
     assert torch.equal(ranks[0][case], ranks[1][case])
