@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,9 +20,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from click.testing import CliRunner
 
 from tests.helpers import regression_task, tiny_warped_mlp
 from warpgrad import WarpGrad, distributed, make_learner
+from warpgrad.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 120
@@ -151,6 +154,23 @@ def test_shard_splits_a_meta_batch_without_repeats_and_requires_a_divisor():
         distributed.shard(tasks, 0, 4)
 
 
+def test_another_world_size_resumes_except_offline_warpgrad():
+    """A 2-rank checkpoint in one process: Leap continues rank 0's stream; offline
+    WarpGrad, whose updates depend on the world size, refuses."""
+    leap = make_learner("leap", tiny_warped_mlp(), F.mse_loss, steps=1, seed=3)
+    state = {"world_size": 2, "rank_generators": [torch.Generator().manual_seed(5).get_state(),
+                                                  torch.Generator().get_state()]}
+    before = leap.generator.get_state()
+    distributed.restore(leap, state, iteration=2)
+    assert torch.equal(leap.generator.get_state(), before)
+    offline = make_learner("warp-leap", tiny_warped_mlp(), F.mse_loss, steps=1)
+    with pytest.raises(distributed.LaunchError, match="written by 2 process"):
+        distributed.restore(offline, state, iteration=2)
+    online = make_learner("warp-leap", tiny_warped_mlp(), F.mse_loss, steps=1,
+                          warp=WarpGrad(regime="online"))
+    distributed.restore(online, state, iteration=2)  # accepted
+
+
 def test_one_process_is_untouched(monkeypatch):
     learner = make_learner("warp-leap", tiny_warped_mlp(), F.mse_loss, steps=1)
     step = learner.warp_optimizer.step
@@ -262,6 +282,14 @@ def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes_to_the_sa
     assert "--resume" in stderr[0] and "Traceback" not in outputs[0][1]
     assert not (run_dir / "summary.json").exists()
     assert torch.load(run_dir / "warp-leap/checkpoint.pt", weights_only=False)["iteration"] == 2
+
+    # offline WarpGrad resumes only at the world size that wrote the checkpoint
+    one = tmp_path / "one process"
+    shutil.copytree(run_dir, one)
+    refused = CliRunner().invoke(main, ["train", "--resume", str(one), "--no-progress"])
+    assert refused.exit_code == 2
+    assert refused.output.strip().startswith("error: the checkpoint was written by 2 process")
+    assert "--nproc_per_node=2" in refused.output and not (one / "summary.json").exists()
 
     resumed = _torchrun("--resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -182,12 +182,24 @@ def all_gather(value: T) -> list[T]:
 
 
 def broadcast(value: T) -> T:
-    """Rank 0's ``value`` on every rank (others pass anything, e.g. ``None``)."""
+    """Rank 0's ``value`` on every rank (others pass anything, e.g. ``None``). Across
+    processes its tensors arrive on the CPU: rank 0's GPU is not the others'."""
     if world_size() == 1:
         return value
-    box = [value if is_main() else None]
+    box = [_on_cpu(value) if is_main() else None]
     _collective("broadcast_object_list", lambda: dist.broadcast_object_list(box, src=0))
     return box[0]
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in its dicts, lists and tuples moved to the CPU."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
 
 
 def average_gradients(params: Sequence[Tensor]) -> None:

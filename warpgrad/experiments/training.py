@@ -74,7 +74,8 @@ def meta_train(
         load_checkpoint(checkpoint) if main and checkpoint.exists() else None)
     if state is not None:
         learner.load_state_dict(state["learner"])
-        distributed.restore(learner, state, state["iteration"])
+        if state["iteration"] < iterations:  # a finished method needs no rank's stream
+            distributed.restore(learner, state, state["iteration"])
         tasks.set_state(state["task_generator"])
         start, elapsed, history = state["iteration"], state["elapsed"], state["history"]
     board = _tensorboard(method_dir) if main else None
