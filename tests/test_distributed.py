@@ -187,17 +187,19 @@ TINY_SINE = ["sine", "iterations=4", "meta_batch=4", "eval_tasks=5", "hidden=[8]
              "checkpoint_every=2", "steps=2", "shots=5", "test_shots=10",
              "--method", "warp-leap,leap", "--threads", "1", "--no-progress"]
 
-_DYING_RANK_1 = """
-import os, sys
+_FAULTY_RANK_1 = """
+import os, sys, time
 from warpgrad.algorithms.learner import MetaLearner
-if os.environ["RANK"] == "1":  # dies in its 4th meta-iteration, after the checkpoint at 2
+if os.environ["RANK"] == "1":  # fails in its 4th meta-iteration, after the checkpoint at 2
     meta_step, calls = MetaLearner.meta_step, []
-    def dying(self, tasks):
+    def faulty(self, tasks):
         calls.append(1)
         if len(calls) == 4:
-            os._exit(17)
+            if os.environ["FAULT"] == "exit":
+                os._exit(17)
+            time.sleep(3600)  # hangs
         return meta_step(self, tasks)
-    MetaLearner.meta_step = dying
+    MetaLearner.meta_step = faulty
 from warpgrad.cli import main
 main(prog_name="warpgrad", args=sys.argv[1:])
 """
@@ -260,26 +262,42 @@ def test_a_torchrun_run_directory_is_a_single_process_one(torchrun_dir, tmp_path
     assert json.loads((torchrun_dir / "environment.json").read_text())["world_size"] == WORLD
 
 
-def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes_to_the_same_end(
-        torchrun_dir, tmp_path):
-    run_dir = tmp_path / "killed"
+def _faulty_run(run_dir: Path, fault: str, timeout_s: int) -> tuple[int, str]:
+    """Rank 1 of 2 exits or hangs in its 4th meta-iteration; returns rank 0's exit status
+    and stderr (rank 1 is then killed)."""
     _store, rendezvous = _rendezvous()  # the store lives until the ranks are done
-    ranks = [subprocess.Popen([sys.executable, "-c", _DYING_RANK_1, "train", *TINY_SINE,
+    ranks = [subprocess.Popen([sys.executable, "-c", _FAULTY_RANK_1, "train", *TINY_SINE,
                                "--out", str(run_dir)],
                               env=_env(RANK=str(r), LOCAL_RANK=str(r), **rendezvous,
-                                       WARPGRAD_DIST_TIMEOUT="60"),
+                                       FAULT=fault, WARPGRAD_DIST_TIMEOUT=str(timeout_s)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(WORLD)]
     try:
-        outputs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in ranks]
+        stderr = ranks[0].communicate(timeout=LAUNCH_TIMEOUT_S)[1]
+        if fault == "exit":
+            assert ranks[1].wait(timeout=LAUNCH_TIMEOUT_S) == 17
     finally:
         for p in ranks:
             p.kill()
-    assert ranks[1].returncode == 17
-    assert ranks[0].returncode == 1, outputs[0][1][-2000:]
-    stderr = outputs[0][1].strip().splitlines()
-    assert len(stderr) == 1 and stderr[0].startswith("error: rank 0 of 2: ")
-    assert "--resume" in stderr[0] and "Traceback" not in outputs[0][1]
+            p.communicate()
+    assert "Traceback" not in stderr, stderr[-2000:]
+    return ranks[0].returncode, stderr
+
+
+def test_a_hung_rank_stops_the_other_after_the_collective_timeout(tmp_path):
+    status, stderr = _faulty_run(tmp_path / "hung", "hang", timeout_s=5)
+    lines = stderr.strip().splitlines()
+    assert status == 1 and len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith("error: rank 0 of 2: ") and "within 5 s" in lines[0]
+
+
+def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes_to_the_same_end(
+        torchrun_dir, tmp_path):
+    run_dir = tmp_path / "killed"
+    status, stderr = _faulty_run(run_dir, "exit", timeout_s=60)
+    lines = stderr.strip().splitlines()
+    assert status == 1 and len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith("error: rank 0 of 2: ") and "--resume" in lines[0]
     assert not (run_dir / "summary.json").exists()
     assert torch.load(run_dir / "warp-leap/checkpoint.pt", weights_only=False)["iteration"] == 2
 
