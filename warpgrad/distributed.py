@@ -94,8 +94,11 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     """
     if dist.is_available() and dist.is_initialized():
         return world_size() > 1
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    if not dist.is_available():
+        raise LaunchError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; "
+                          "run one process")
     backend = "gloo"
     if torch.cuda.is_available() and dist.is_nccl_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -202,6 +205,7 @@ def _on_cpu(value: Any) -> Any:
     return value
 
 
+@torch.no_grad()
 def average_gradients(params: Sequence[Tensor]) -> None:
     """Replace each parameter's ``.grad`` by its mean over ranks, in place: one flat
     all-reduce per (device, dtype). A rank without a gradient for a parameter counts as a
