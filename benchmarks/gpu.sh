@@ -18,7 +18,8 @@
 #   7. the eager figures 1, 2, 4 and 5, then figure 8 eager.
 # GPU_STAGES (comma-separated: info, glyphs, tests, graphs-training, reference-training,
 # profile, cudnn-training, graphs, eager, training; and, only when named, reference (figures
-# 1 and 2 on the reference core) and host-ops (figure 9 counted on the GPU): a ninth file
+# 1 and 2 on the reference core), host-ops (figure 9 counted on the GPU) and scale-out
+# (figure 11: one process per GPU, NCCL, 1 GPU and 2 where there are two): a ninth file
 # would not come back) picks stages, e.g. for a second call on what the first left undone;
 # GPU_TESTS is a pytest -k expression for the tests stage.
 # Needs only torch, numpy, matplotlib, tqdm and pytest (the lent machines' python3 has them).
@@ -94,4 +95,5 @@ want eager && stage eager 150 bash -c 'bench "$@"' _ eager 0 0 $figures
 want training && stage training 200 bash -c 'bench "$@"' _ training 0 0 training
 want reference && stage reference 200 bash -c 'bench "$@"' _ reference 1 0 meta_iteration,overhead
 want host-ops && stage host-ops 120 bash -c 'bench "$@"' _ host-ops 0 0 host_ops
+want scale-out && stage scale-out 150 bash -c 'bench "$@"' _ scale-out 0 0 scale_out
 echo "== done, $((SECONDS))s in all" | tee -a "$log"

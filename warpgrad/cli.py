@@ -20,9 +20,9 @@ from pathlib import Path
 import click
 
 from warpgrad.data.errors import DataError
+from warpgrad.errors import CollectiveError, LaunchError, RunDirError
 from warpgrad.experiments import registry
 from warpgrad.experiments.registry import DEFAULT_EXPERIMENT, ConfigError
-from warpgrad.experiments.rundir import RunDirError
 
 
 def _fail(message: str) -> None:
@@ -37,9 +37,10 @@ def _user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, RunDirError, OSError) as error:  # OSError: the disk
+        except (ConfigError, DataError, RunDirError, OSError,  # OSError: the disk
+                LaunchError) as error:
             _fail(str(error))
-        except FloatingPointError as error:  # a diverged run: not a usage error
+        except (FloatingPointError, CollectiveError) as error:  # not usage errors
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
 
@@ -148,6 +149,9 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
     if threads is not None:
         torch.set_num_threads(threads)
     _accelerate_process(config)
+    from warpgrad import distributed
+
+    _join_processes(kind, config)
     try:
         summary = registry.KINDS[kind].run(config, name, run_dir, not no_progress)
     except FloatingPointError as error:
@@ -155,8 +159,23 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
         raise FloatingPointError(f"{error}; to go on from the last checkpoint with other "
                                  f"settings: warpgrad train --resume {run_dir} KEY=VALUE "
                                  f"(KEY: {', '.join(keys)})") from None
-    click.echo(registry.KINDS[kind].table(summary))
-    click.echo(f"run directory: {run_dir}")
+    if distributed.is_main():
+        click.echo(registry.KINDS[kind].table(summary))
+        click.echo(f"run directory: {run_dir}")
+    distributed.shutdown()
+
+
+def _join_processes(kind: str, config: object) -> None:
+    """Under torchrun, join the other processes (after every one has checked its arguments
+    and the run directory, before any writes) and check that the run can be split."""
+    from warpgrad import distributed
+
+    if not distributed.init_from_env():
+        return
+    if registry.KINDS[kind].experiment is None:
+        raise ConfigError(f"experiment kind {kind!r} runs in one process; launch it without "
+                          "torchrun")
+    distributed.shard(range(config.meta_batch))  # a meta-batch the processes divide
 
 
 @main.command()
@@ -353,7 +372,8 @@ def data_contact_sheet(out: Path, overrides: tuple[str, ...], experiment: str,
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
               "memory_vs_steps, warped_step, batched_objective, switches, online, host_ops, "
               "convolutions (default: all of these), training (only when named: whole "
-              "meta-batches, one point per warp update or points batched)")
+              "meta-batches, one point per warp update or points batched), scale_out (only "
+              "when named: 1 and 2 processes on torch.distributed)")
 @click.option("--reference", is_flag=True, default=False,
               help="run every figure on the reference core instead of the accelerator "
               "(no warpgrad.accel.convert; the switches ladder still climbs from it to the "

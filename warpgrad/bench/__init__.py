@@ -20,6 +20,8 @@ through :func:`warpgrad.accel.convert`. Figures, one module each (or two to a mo
    per point versus the adaptation's own.
 8. ``training`` (:mod:`.training`, only when named): whole meta-batches, one point per
    φ update or points batched.
+11. ``scale_out`` (:mod:`.scale_out`, only when named): meta-iterations per second on 1
+    and 2 processes (torch.distributed) and the time in collectives.
 9. ``host_ops`` (:mod:`.host_ops`): operators dispatched from the host per step or point.
 10. ``convolutions`` (:mod:`.convolutions`, :mod:`.conv_calls`): the meta-iteration's
     convolutions alone, replayed call by call: the floor under the time targets.
@@ -49,6 +51,7 @@ from warpgrad.bench.host_ops import HOST_OPS_MODES
 from warpgrad.bench.memory import live_tensor_peak_bytes
 from warpgrad.bench.overhead import bare_forward, bare_meta_iteration
 from warpgrad.bench.report import markdown, rows, write_results
+from warpgrad.bench.scale_out import SCALE_OUT_METHODS
 from warpgrad.bench.suite import FIGURES, Suite, known_figures, main, run_suite
 from warpgrad.bench.switches import SWITCH_LADDER
 from warpgrad.bench.targets import check_targets, load_targets
@@ -60,6 +63,7 @@ __all__ = [
     "HOST_OPS_MODES",
     "META_METHODS",
     "SCALES",
+    "SCALE_OUT_METHODS",
     "SWITCHES",
     "SWITCH_LADDER",
     "TRAINING_MODES",

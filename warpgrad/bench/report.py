@@ -46,6 +46,15 @@ def rows(results: dict[str, Any]) -> list[Row]:
             key = "peak_device_mb" if "peak_device_mb" in r else "peak_rss_mb"
             out.append(("whole meta-batch peak " + ("GPU memory" if key == "peak_device_mb"
                                                      else "RSS"), case, f"{r[key]:.0f}", "MB"))
+    for method, by_world in results.get("scale_out", {}).items():
+        for world, r in by_world.items():
+            case = f"{method}, {world} process(es)"
+            out.append(("scale-out throughput", case, f"{r['meta_iterations_per_second']:.3f}",
+                        "it/s"))
+            out.append(("scale-out collectives per meta-iteration", case,
+                        f"{r['communication_seconds_per_iteration'] * 1e3:.1f}", "ms"))
+            if "speedup_over_1" in r:
+                out.append(("scale-out speed-up", case, f"{r['speedup_over_1']:.2f}", "x"))
     for variant, rungs in results.get("switches", {}).items():
         for rung in rungs:
             case = f"warp-leap-{variant}: {rung['label']}"

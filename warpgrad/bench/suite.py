@@ -17,6 +17,7 @@ from warpgrad.bench import (
     memory,
     meta_iteration,
     overhead,
+    scale_out,
     steps,
     switches,
     training,
@@ -43,11 +44,12 @@ FIGURES: dict[str, Figure] = {
     "convolutions": convolutions.figure,
     "switches": switches.switches,
     "online": switches.online,
+    "scale_out": scale_out.figure,
 }
 """The figures after figure 1 (``meta_iteration``), in the order they run; each takes the
 scale, the log and figure 1's entries measured in this run (figures 2 and 10 use them)."""
 
-OPT_IN = ("training",)
+OPT_IN = ("training", "scale_out")
 """Figures that run only when named."""
 
 

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import torch
 
+from warpgrad import distributed
 from warpgrad.algorithms import MetaLearner
 from warpgrad.experiments.rundir import claim, save_figure, write_json
 from warpgrad.experiments.training import (
@@ -86,12 +87,16 @@ def validation(experiment: Experiment) -> Validation | None:
 def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
         progress: bool = True) -> dict[str, Any]:
     """Meta-train and evaluate every method of ``experiment`` (resuming what ``run_dir``
-    already holds), write the run directory and return the summary."""
-    for method in experiment.methods:  # a bad checkpoint fails the resume before any write
-        check_checkpoint(partial(experiment.build_learner, method),
-                         run_dir / method / "checkpoint.pt")
-    directory = claim(run_dir, config, seed=experiment.seed)  # locked while this runs
-    write_json(run_dir / "data.json", experiment.record())
+    already holds), write the run directory and return the summary. Under torchrun every
+    rank calls it and gets the summary; rank 0 alone writes."""
+    main = distributed.is_main()
+    directory = None
+    if main:
+        for method in experiment.methods:  # a bad checkpoint fails the resume before any write
+            check_checkpoint(partial(experiment.build_learner, method),
+                             run_dir / method / "checkpoint.pt")
+        directory = claim(run_dir, config, seed=experiment.seed)  # locked while this runs
+        write_json(run_dir / "data.json", experiment.record())
     test_tasks = experiment.test_tasks()
     validate = validation(experiment)
     if validate is not None:
@@ -113,15 +118,17 @@ def run(experiment: Experiment, config: dict[str, Any], run_dir: Path, *,
                            desc=f"evaluate {method}")
         result = {**metrics, "meta_train_seconds": seconds, "iterations": len(history),
                   "checkpoint": "last" if method != "no-meta" else "none"}
-        method_dir.mkdir(parents=True, exist_ok=True)
-        write_json(method_dir / "eval.json", result)
-        log_results(method_dir, config.get("config", {}), metrics, len(history))
+        if main:
+            method_dir.mkdir(parents=True, exist_ok=True)
+            write_json(method_dir / "eval.json", result)
+            log_results(method_dir, config.get("config", {}), metrics, len(history))
         results[method], histories[method] = result, history
     summary = summarise(experiment, results)
-    write_json(run_dir / "summary.json", summary)
-    plot_learning_curves(histories, run_dir / "learning_curves.png", experiment.name)
-    plot_results([summary], run_dir / "results.png")
-    directory.release()
+    if directory is not None:
+        write_json(run_dir / "summary.json", summary)
+        plot_learning_curves(histories, run_dir / "learning_curves.png", experiment.name)
+        plot_results([summary], run_dir / "results.png")
+        directory.release()
     return summary
 
 

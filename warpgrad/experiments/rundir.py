@@ -43,14 +43,11 @@ from typing import IO, Any
 import torch
 
 from warpgrad._files import atomic_write
+from warpgrad.errors import RunDirError
 
 LOCK = ".lock"
 _FAULT = "WARPGRAD_FAULT_AFTER"
 _fault_counts: dict[str, int] = {}
-
-
-class RunDirError(ValueError):
-    """A run directory (or one of its files) that cannot be used; the message names it."""
 
 
 # -- fault injection (tests only) -------------------------------------------------------------
@@ -324,14 +321,15 @@ def _now() -> str:
 
 def environment(seed: int) -> dict[str, Any]:
     """What ran: time (UTC), versions (warpgrad, its git commit in a checkout, Python,
-    PyTorch), platform, threads, GPU, seed and command line."""
-    from warpgrad import __version__
+    PyTorch), platform, threads, GPU, processes (torchrun's world size), seed and command
+    line."""
+    from warpgrad import __version__, distributed
 
     return {"time": _now(), "warpgrad": __version__, "git_commit": _git_commit(),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "seed": seed, "argv": sys.argv}
+            "world_size": distributed.world_size(), "seed": seed, "argv": sys.argv}
 
 
 def _git_commit() -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from warpgrad import distributed
 from warpgrad._stats import mean_ci
 from warpgrad.algorithms import MetaLearner
 from warpgrad.experiments.rundir import load_checkpoint, restoring, save_checkpoint, write_file
@@ -33,6 +34,10 @@ from warpgrad.tasks.base import Task
 
 MetaBatchSampler = Callable[[torch.Generator], Sequence[Task]]
 """Draws one meta-batch of training tasks from the given generator."""
+
+
+_EVAL_TASK_SEED_STRIDE = 7_919
+"""Under torchrun, test task i seeds the generator ``seed + 20000 + stride * (i + 1)``."""
 
 
 @dataclass
@@ -75,7 +80,7 @@ class Validation:
         earlier = [h[self.key] for h in history if self.key in h]
         score = row[self.key] if self.higher_is_better else -row[self.key]
         best = max((v if self.higher_is_better else -v for v in earlier), default=-math.inf)
-        if score > best:  # ties keep the earlier checkpoint
+        if score > best and distributed.is_main():  # ties keep the earlier checkpoint
             save_checkpoint(method_dir / "best.pt", state)
         return row
 
@@ -111,21 +116,31 @@ def meta_train(
     was built with; and validating, see :class:`Validation`). Raises ``FloatingPointError``
     when a meta-step returns a non-finite loss or, at a checkpoint, the learner holds
     non-finite values (a diverged run stops with a clear message and its last finite
-    checkpoint); warns when the loss did not improve."""
-    method_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint); warns when the loss did not improve.
+
+    Under torchrun every rank calls it: each draws the whole meta-batch and adapts its share
+    (:mod:`warpgrad.distributed`); rank 0 alone reads and writes ``method_dir``."""
+    main = distributed.is_main()
+    if main:
+        method_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = method_dir / "checkpoint.pt"
+    distributed.wrap(learner)
     tasks = torch.Generator().manual_seed(seed + 1)
     start, elapsed, history = 0, 0.0, []
-    if checkpoint.exists():
-        start, elapsed, history = resume(learner, tasks, checkpoint)
-        # the checkpoint holds the history: a kill after it but before metrics.csv loses nothing
-        write_metrics(method_dir / "metrics.csv", history)
-    board = _tensorboard(method_dir)
+    state = distributed.broadcast(
+        load_checkpoint(checkpoint) if main and checkpoint.exists() else None)
+    if state is not None:
+        start, elapsed, history = _restore(learner, tasks, state, checkpoint)
+        if start < iterations:  # a finished method needs no rank's stream
+            distributed.restore(learner, state, start)
+        if main:  # the checkpoint holds the history: a kill before metrics.csv loses nothing
+            write_metrics(method_dir / "metrics.csv", history)
+    board = _tensorboard(method_dir) if main else None
     bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations,
-               disable=not progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+               disable=not progress or not main, leave=False, file=sys.stderr, dynamic_ncols=True)
     clock = time.perf_counter()
     for iteration in bar:
-        stats = learner.meta_step(sample(tasks))
+        stats = learner.meta_step(distributed.shard(sample(tasks)))
         if not all(math.isfinite(v) for v in stats.values()):
             raise FloatingPointError(
                 f"{desc}: diverged at meta-iteration {iteration + 1} (non-finite loss "
@@ -146,13 +161,16 @@ def meta_train(
         if done % checkpoint_every == 0 or done == iterations:
             now = time.perf_counter()
             elapsed, clock = elapsed + now - clock, now
-            save_checkpoint(checkpoint, {"learner": learner.state_dict(), "iteration": done,
-                                         "task_generator": tasks.get_state(),
-                                         "elapsed": elapsed, "history": history})
-            write_metrics(method_dir / "metrics.csv", history)
+            ranks = distributed.checkpoint_state(learner)
+            if main:
+                save_checkpoint(checkpoint, {"learner": learner.state_dict(), "iteration": done,
+                                             "task_generator": tasks.get_state(),
+                                             "elapsed": elapsed, "history": history, **ranks})
+                write_metrics(method_dir / "metrics.csv", history)
     if board is not None:
         board.close()
-    _warn_if_not_learning(history, desc)
+    if main:
+        _warn_if_not_learning(history, desc)
     return Training(elapsed, history)
 
 
@@ -161,7 +179,11 @@ def resume(learner: MetaLearner, tasks: torch.Generator, checkpoint: Path
     """Restore ``learner`` (keeping the learning rates it was built with) and the task
     sampler's generator ``tasks`` from ``checkpoint``; returns ``(iteration, elapsed seconds,
     history)``. A checkpoint that is unreadable or of another model raises ``RunDirError``."""
-    state = load_checkpoint(checkpoint)
+    return _restore(learner, tasks, load_checkpoint(checkpoint), checkpoint)
+
+
+def _restore(learner: MetaLearner, tasks: torch.Generator, state: dict[str, Any],
+             checkpoint: Path) -> tuple[int, float, list[dict[str, float]]]:
     rates = _configured_rates(learner)
     with restoring(checkpoint):
         learner.load_state_dict(state["learner"])
@@ -222,7 +244,18 @@ def _warn_if_not_learning(history: Sequence[dict[str, float]], desc: str) -> Non
 def evaluate(learner: MetaLearner, tasks: Sequence[Task], *, seed: int, steps: int | None = None,
              progress: bool = True, desc: str = "evaluate") -> dict[str, dict[str, float]]:
     """Adapt from the meta-learned initialisation on each task and score its held-out data.
-    Returns every metric of :meth:`MetaLearner.evaluate` as mean and 95% CI over tasks."""
+    Returns every metric of :meth:`MetaLearner.evaluate` as mean and 95% CI over tasks.
+
+    Under torchrun the tasks are split over the ranks and their metrics gathered; each task
+    then seeds the learner's generator from its index, so the figures do not depend on the
+    number of processes (one process keeps its single stream of draws)."""
+    if distributed.world_size() > 1:
+        def one(index: int, task: Task) -> dict[str, float]:
+            learner.generator.manual_seed(seed + 20_000 + _EVAL_TASK_SEED_STRIDE * (index + 1))
+            return learner.evaluate(task, steps)
+
+        per_task = distributed.split_map(one, tasks)
+        return {key: mean_ci([m[key] for m in per_task]) for key in per_task[0]}
     learner.generator.manual_seed(seed + 20_000)
     per_task = [learner.evaluate(task, steps)
                 for task in tqdm(tasks, desc=desc, disable=not progress, leave=False,
