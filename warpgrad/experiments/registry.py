@@ -142,43 +142,43 @@ def evaluate_run(run_dir: Path, *, eval_tasks: int | None = None, progress: bool
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
     name, kind, config = load_run(run_dir)
-    directory = open_existing(run_dir)  # writable and ours, before anything is computed
-    make = kinds()[kind].experiment
-    if make is None:
-        raise ConfigError(f"experiment kind {kind!r} has no separate evaluation; its run "
-                          "already evaluated (see summary.json)")
-    out = evaluation_path(run_dir, checkpoint, eval_tasks)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists; add --force to replace it")
-    if eval_tasks is not None:
-        config = _resolve(type(config), [OmegaConf.structured(config)], (),
-                          {"eval_tasks": eval_tasks})
-    experiment = make(config, name)
-    file = "best.pt" if checkpoint == "best" else "checkpoint.pt"
-    for method in experiment.methods:
-        if method != "no-meta" and not (run_dir / method / file).is_file():
-            hint = (f"the run did not validate (val_every={getattr(config, 'val_every', 0)});"
-                    " evaluate its last checkpoints" if checkpoint == "best" else
-                    f"train it first (warpgrad train --resume {run_dir})")
-            raise ConfigError(f"{run_dir}: method {method!r} has no {file}; {hint}")
-    tasks = experiment.test_tasks()
-    results = {}
-    for method in experiment.methods:
-        learner = experiment.build_learner(method)
-        path = run_dir / method / file
-        seconds, iterations = 0.0, 0
-        if path.is_file():
-            state = load_checkpoint(path)
-            with restoring(path):
-                learner.load_state_dict(state["learner"])
-                seconds, iterations = state["elapsed"], state["iteration"]
-        metrics = evaluate(learner, tasks, seed=experiment.seed, steps=experiment.eval_steps,
-                           progress=progress, desc=f"evaluate {method}")
-        results[method] = {**metrics, "meta_train_seconds": seconds, "iterations": iterations,
-                           "checkpoint": checkpoint if path.is_file() else "none"}
-    summary = run_module.summarise(experiment, results)
-    write_json(out, summary)
-    directory.release()
+    # writable and ours before anything is computed; released however this ends
+    with open_existing(run_dir):
+        make = kinds()[kind].experiment
+        if make is None:
+            raise ConfigError(f"experiment kind {kind!r} has no separate evaluation; its run "
+                              "already evaluated (see summary.json)")
+        out = evaluation_path(run_dir, checkpoint, eval_tasks)
+        if out.exists() and not force:
+            raise ConfigError(f"{out} exists; add --force to replace it")
+        if eval_tasks is not None:
+            config = _resolve(type(config), [OmegaConf.structured(config)], (),
+                              {"eval_tasks": eval_tasks})
+        experiment = make(config, name)
+        file = "best.pt" if checkpoint == "best" else "checkpoint.pt"
+        for method in experiment.methods:
+            if method != "no-meta" and not (run_dir / method / file).is_file():
+                hint = (f"the run did not validate (val_every={getattr(config, 'val_every', 0)});"
+                        " evaluate its last checkpoints" if checkpoint == "best" else
+                        f"train it first (warpgrad train --resume {run_dir})")
+                raise ConfigError(f"{run_dir}: method {method!r} has no {file}; {hint}")
+        tasks = experiment.test_tasks()
+        results = {}
+        for method in experiment.methods:
+            learner = experiment.build_learner(method)
+            path = run_dir / method / file
+            seconds, iterations = 0.0, 0
+            if path.is_file():
+                state = load_checkpoint(path)
+                with restoring(path):
+                    learner.load_state_dict(state["learner"])
+                    seconds, iterations = state["elapsed"], state["iteration"]
+            metrics = evaluate(learner, tasks, seed=experiment.seed, steps=experiment.eval_steps,
+                               progress=progress, desc=f"evaluate {method}")
+            results[method] = {**metrics, "meta_train_seconds": seconds, "iterations": iterations,
+                               "checkpoint": checkpoint if path.is_file() else "none"}
+        summary = run_module.summarise(experiment, results)
+        write_json(out, summary)
     return kind, summary
 
 
