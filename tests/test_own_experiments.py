@@ -360,6 +360,20 @@ def test_a_broken_image_in_a_folder_dataset_is_one_line_exit_2(tmp_path):
     assert checked.exit_code == 2 and str(broken) in checked.stderr
 
 
+def test_show_config_of_an_experiment_file_describes_its_fields(tmp_path):
+    import yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: sine\nsteps: 3\nhidden: [8]\n")
+    result = invoke("train", path, "--show-config", "meta_lr=0.01")
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.stdout)
+    assert (shown["kind"], shown["steps"], shown["hidden"], shown["meta_lr"]) == \
+        ("sine", 3, [8], 0.01)
+    assert ("# full-batch SGD steps of each task's adaptation, in meta-training and "
+            "evaluation\nsteps: 3\n") in result.stdout
+
+
 def test_show_config_prints_the_config_when_the_data_is_absent():
     result = invoke("train", "omniglot-multishot", "--data-root", "/no/such/folder",
                     "--show-config")

@@ -13,7 +13,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import wraps
 from pathlib import Path
 
@@ -94,7 +93,8 @@ def _accelerate_process(config: object) -> None:
 @click.option("--device", help="cpu or cuda (default: the config's, cpu)")
 @click.option("--list", "list_experiments", is_flag=True, help="list the experiments and exit")
 @click.option("--show-config", is_flag=True,
-              help="print the resolved config (every overridable field) and exit")
+              help="print the resolved config (every overridable field, with what it means) "
+              "and exit")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads for PyTorch (default: PyTorch's choice; 1 is fastest for small "
               "models on a busy machine)")
@@ -125,10 +125,9 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
         kind, config = registry.load_experiment(name, overrides, methods=methods,
                                                 data_root=data_root, device=device)
         if show_config:
-            import yaml
+            from warpgrad.experiments.config_docs import commented_yaml
 
-            click.echo(yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False),
-                       nl=False)
+            click.echo(commented_yaml(kind, config), nl=False)
             return
         name = registry.experiment_label(name)
         run_dir = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

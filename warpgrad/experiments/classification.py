@@ -67,63 +67,123 @@ class ClassificationConfig:
     """
 
     dataset: str = "glyphs"
+    """glyphs (embedded), omniglot, mini-imagenet, tiered-imagenet (read from data_root),
+    folder (your images under data_root) or "package.module:function" (your loader)"""
     protocol: str = "multishot"
+    """multishot: each group (alphabet) is one fixed n_way task; fewshot: N-way K-shot
+    episodes of random classes"""
     methods: list[str] = field(default_factory=lambda: ["warp-leap", "leap"])
+    """methods to meta-train and compare, each from the same seed (warp-leap, warp-maml,
+    warpgrad, leap, maml, reptile, no-meta, ...; or --method)"""
     # tasks
     n_way: int = 20
+    """classes per task (the classifier's outputs)"""
     k_shot: int = 1
+    """fewshot: support images per class, the adaptation's data"""
     k_query: int = 15
+    """fewshot: query images per class, for the meta-objective and the test accuracy"""
     train_shots: int = 15
+    """multishot: images per class the adaptation trains on"""
     test_shots: int = 5
+    """multishot: held-out images per class, scored after adaptation"""
     batch_size: int = 128
+    """multishot: images per adaptation step, drawn with replacement from the task's
+    training images"""
     n_train_tasks: int = 30
+    """multishot: groups (alphabets) meta-trained on; the groups left after the test ones
+    validate"""
     n_test_tasks: int = 10
+    """multishot: held-out groups adapted to and scored in the final evaluation"""
     augment: bool = True
+    """multishot: random rotation, shift and scale of every adaptation batch (images only)"""
     image_size: int = 28
+    """side in pixels the images are resized (glyphs: rendered) to"""
     # learner: conv4 unless `model` names a builder, "package.module:function", called as
     # function(n_classes, input_shape, warps, **model_options) -> (nn.Module, [warp names])
     model: str = ""
+    """your model's builder "package.module:function" ("" for the built-in conv4)"""
     model_options: dict[str, Any] = field(default_factory=dict)
-    identity_warps: bool = True  # `model` only: start its warps' Linear/Conv2d at identity
+    """keyword arguments passed to the model builder"""
+    identity_warps: bool = True
+    """model only: start its warps' Linear/Conv2d layers at the identity map (plain SGD)"""
     filters: int = 64
+    """conv4: channels of each of its four conv layers"""
     warp: str = "conv3x3"
+    """conv4: the warp layer after each block: scale (per channel), linear (1x1 conv) or
+    conv3x3"""
     warp_depth: int = 1
+    """conv4: warp layers in sequence after each block"""
     warp_batch_norm: bool = False
+    """conv4: batch norm (per-batch statistics) after each warp layer's map"""
     warp_activation: str = "none"
+    """conv4: activation of each warp layer: none, relu, leaky_relu or tanh"""
     warp_residual: bool = False
+    """conv4: warp layers add their input back, y = x + f(x)"""
     batch_norm: str = "batch"
+    """conv4's batch norm: batch (each batch's own statistics) or running (per-task running
+    statistics at evaluation)"""
     # adaptation
     steps: int = 100
+    """SGD steps of each task's adaptation during meta-training (K)"""
     eval_steps: int = 100
+    """SGD steps of each validation and test task's adaptation"""
     inner_lr: float = 0.1
+    """SGD step size of the adaptation (task) parameters θ"""
     momentum: float = 0.0
+    """momentum of the adaptation's SGD (0: none)"""
     # meta-training
     iterations: int = 1000
+    """meta-iterations (one meta-batch and one meta-update each)"""
     meta_batch: int = 20
+    """tasks adapted per meta-iteration"""
     meta_optimizer: str = "sgd"
+    """optimiser of the meta-updates of φ and θ_0: sgd or adam"""
     warp_lr: float = 0.1
+    """meta learning rate of the warp parameters φ"""
     init_lr: float = 0.1
+    """meta learning rate of the initialisation θ_0 (Leap, MAML, Reptile...)"""
     warp_variant: str = "exact"
+    """WarpGrad's meta-loss: exact (through the inner gradient), first-order or no-step"""
     warp_regime: str = "offline"
+    """online: φ's gradient gathered while tasks adapt; offline: φ updated afterwards over a
+    replay buffer of trajectory points"""
     points_per_update: int = 1
+    """offline: trajectory points per φ update (mini-batch of the replay buffer)"""
     warp_epochs: int = 1
+    """offline: passes over the replay buffer per meta-batch"""
     point_stride: int = 1
+    """keep every k-th adaptation step (and the last) as a WarpGrad trajectory point"""
     point_fraction: float = 1.0
+    """fraction of each task's trajectory points WarpGrad uses, drawn at random (in (0, 1])"""
     batched: bool = False
+    """WarpGrad: evaluate a mini-batch of points in one torch.func.vmap call (same result)"""
     buffer_dtype: str = "float32"
+    """offline: how the replay buffer stores points: float32, or float16/bfloat16 (half the
+    memory, rounded)"""
     buffer_on_disk: bool = False
+    """offline: keep the replay buffer in a temporary file (lossless, less memory)"""
     # speed (docs/performance.md): the accelerator gives the same numbers; bf16 does not
     accelerate: bool = True
+    """use the accelerator's faster layers (the same numbers)"""
     precision: str = "fp32"
-    cuda_graphs: bool = False  # GPU only: replay fixed-shape passes from CUDA graphs
+    """accelerator: fp32, or bf16 (forward passes under bfloat16 autocast; changes numbers)"""
+    cuda_graphs: bool = False
+    """accelerator, GPU only: replay fixed-shape passes from CUDA graphs"""
     # evaluation and bookkeeping
-    val_every: int = 0  # evaluate on the validation tasks every N meta-iterations (0: never)
-    val_tasks: int = 100  # few-shot: validation episodes (multi-shot: every held-out group)
+    val_every: int = 0
+    """evaluate on the validation tasks every N meta-iterations, keeping best.pt (0: never)"""
+    val_tasks: int = 100
+    """fewshot: validation episodes (multishot: every validation group)"""
     eval_tasks: int = 600
+    """fewshot: test episodes of the final evaluation (multishot: n_test_tasks groups)"""
     checkpoint_every: int = 10
+    """meta-iterations between checkpoints (a killed run resumes from the last)"""
     seed: int = 0
+    """seeds the initialisation (the same θ_0 for every method), tasks, splits and batches"""
     device: str = "cpu"
+    """cpu or cuda (cuda:N)"""
     data_root: str = ""
+    """folder of the real datasets (default $WARPGRAD_DATA, then ~/warpgrad-data)"""
 
     def __post_init__(self) -> None:
         check_methods(self.methods)

@@ -87,28 +87,53 @@ class ContinualConfig:
     """
 
     method: str = "warp-leap"
+    """the method (warp-leap, warpgrad, warp-reptile, leap, reptile, no-meta); no-meta is
+    always evaluated alongside"""
     iterations: int = 300
+    """meta-iterations (one meta-batch and one meta-update each)"""
     meta_batch: int = 5
+    """tasks (sine curves) adapted per meta-iteration"""
     subtasks: int = 5
+    """consecutive sub-intervals of x_range each curve is cut into, learned left to right"""
     steps_per_subtask: int = 5
+    """full-batch SGD steps on each sub-task, no revisiting"""
     points_per_subtask: int = 10
+    """points per sub-task the adaptation fits"""
     meta_points_per_subtask: int = 10
+    """points per sub-task for WarpGrad's meta-loss"""
     test_points_per_subtask: int = 50
+    """held-out points per sub-task, for the forgetting matrix and the final MSE"""
     amplitude: tuple[float, float] = (0.1, 5.0)
+    """range [low, high] of the curves' amplitude A"""
     phase: tuple[float, float] = (0.0, math.pi)
+    """range [low, high] of the curves' phase b (radians)"""
     x_range: tuple[float, float] = (-5.0, 5.0)
+    """input interval [low, high] cut into the sub-tasks"""
     inner_lr: float = 0.01
+    """SGD step size of the adaptation (task) parameters θ"""
     meta_lr: float = 0.005
+    """meta learning rate of the warp parameters φ and of the initialisation θ_0"""
     meta_optimizer: str = "adam"
+    """optimiser of the meta-updates: adam or sgd"""
     warp_variant: str = "exact"
+    """WarpGrad's meta-loss: exact (through the inner gradient), first-order or no-step"""
     warp_regime: str = "online"
+    """online: φ's gradient gathered while tasks adapt; offline: φ updated afterwards over a
+    replay buffer of trajectory points"""
     warp_stride: int = 5
+    """keep every k-th adaptation step (and the last) as a WarpGrad trajectory point"""
     hidden: tuple[int, ...] = (40, 40)
+    """hidden layer widths of the MLP (warped methods: a linear warp after each)"""
     eval_tasks: int = 100
+    """held-out curves of the final evaluation"""
     plot_tasks: int = 4
+    """held-out curves drawn in fits.png (at most eval_tasks)"""
     checkpoint_every: int = 25
+    """meta-iterations between checkpoints (a killed run resumes from the last)"""
     seed: int = 0
+    """seeds the initialisation (the same θ_0 for every method) and the tasks"""
     accelerate: bool = True
+    """use the accelerator's faster layers (the same numbers)"""
 
     def __post_init__(self) -> None:
         self.amplitude = tuple(float(v) for v in self.amplitude)

@@ -75,24 +75,43 @@ class MazeConfig:
     """
 
     method: str = "warp"
+    """the agent: warp (LSTM with a warp layer on its recurrence) or l2rl (plain LSTM)"""
     episodes: int = 1000
+    """training episodes, one A2C update after each"""
     maze_size: int = 9
+    """side of the square maze in cells (odd, at least 5)"""
     episode_length: int = 100
+    """steps per episode"""
     num_envs: int = 30
+    """mazes played together, each with its own hidden reward cell"""
     hidden_size: int = 100
+    """LSTM hidden units"""
     lr: float = 1e-3
+    """Adam learning rate of the task parameters θ (every episode)"""
     warp_lr: float = 1e-3
+    """warp: Adam learning rate of the warp parameters φ"""
     warp_every: int = 30
+    """warp: episodes over which φ's gradient accumulates before one step"""
     discount: float = 0.9
+    """discount factor γ of the returns, in [0, 1]"""
     entropy_coef: float = 0.03
+    """weight of the penalty on the policy's probability mass Σπ² (keeps it exploring)"""
     value_coef: float = 0.1
+    """weight of the value (critic) loss"""
     clip: float = 4.0
+    """gradient-norm clip of each update"""
     reward_value: float = 10.0
+    """reward for reaching the reward cell"""
     wall_penalty: float = 0.0
+    """cost of a move into a wall"""
     random_episodes: int = 20
+    """episodes the uniformly random policy is scored over (the baseline)"""
     final_window: int = 100
+    """episodes at the start and the end whose mean reward the summary reports"""
     checkpoint_every: int = 50
+    """episodes between checkpoints (a killed run resumes from the last)"""
     seed: int = 0
+    """seeds the agent's initialisation, the mazes and the actions"""
 
     def __post_init__(self) -> None:
         if self.method not in AGENTS:
