@@ -19,11 +19,7 @@ or ``"package.module:function"`` (a function returning a :class:`ClassDataset` o
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from warpgrad import accel
-from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, check_methods, make_learner
+from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
 from warpgrad.data import (
     AlphabetTasks,
     ClassDataset,
@@ -50,213 +46,16 @@ from warpgrad.data import (
     split_by_alphabet,
     split_by_class,
 )
-from warpgrad.experiments.validation import check_config
+from warpgrad.experiments.schemas import (  # noqa: F401 (re-exported, torch-free)
+    DATASETS,
+    PROTOCOLS,
+    ClassificationConfig,
+    check_accelerator,
+    default_data_root,
+    import_object,
+)
 from warpgrad.models import WarpedModel, conv4, identity_init_
 from warpgrad.tasks import Task
-
-DATASETS = ("glyphs", "omniglot", "mini-imagenet", "tiered-imagenet", "folder")
-PROTOCOLS = ("multishot", "fewshot")
-
-
-@dataclass
-class ClassificationConfig:
-    """Every setting of a classification run (recorded in ``config.json``).
-
-    Defaults are the paper's multi-shot Omniglot protocol on glyphs; the shipped experiment
-    configs (``warpgrad/experiments/configs/*.yaml``) override what differs.
-    """
-
-    dataset: str = "glyphs"
-    """glyphs (embedded), omniglot, mini-imagenet, tiered-imagenet (read from data_root),
-    folder (your images under data_root) or "package.module:function" (your loader)"""
-    protocol: str = "multishot"
-    """multishot: each group (alphabet) is one fixed n_way task; fewshot: N-way K-shot
-    episodes of random classes"""
-    methods: list[str] = field(default_factory=lambda: ["warp-leap", "leap"])
-    """methods to meta-train and compare, each from the same seed (warp-leap, warp-maml,
-    warpgrad, leap, maml, reptile, no-meta, ...; or --method)"""
-    # tasks
-    n_way: int = 20
-    """classes per task (the classifier's outputs)"""
-    k_shot: int = 1
-    """fewshot: support images per class, the adaptation's data"""
-    k_query: int = 15
-    """fewshot: query images per class, for the meta-objective and the test accuracy"""
-    train_shots: int = 15
-    """multishot: images per class the adaptation trains on"""
-    test_shots: int = 5
-    """multishot: held-out images per class, scored after adaptation"""
-    batch_size: int = 128
-    """multishot: images per adaptation step, drawn with replacement from the task's
-    training images"""
-    n_train_tasks: int = 30
-    """multishot: groups (alphabets) meta-trained on; the groups left after the test ones
-    validate"""
-    n_test_tasks: int = 10
-    """multishot: held-out groups adapted to and scored in the final evaluation"""
-    augment: bool = True
-    """multishot: random rotation, shift and scale of every adaptation batch (images only)"""
-    image_size: int = 28
-    """side in pixels the images are resized (glyphs: rendered) to"""
-    # learner: conv4 unless `model` names a builder, "package.module:function", called as
-    # function(n_classes, input_shape, warps, **model_options) -> (nn.Module, [warp names])
-    model: str = ""
-    """your model's builder "package.module:function" ("" for the built-in conv4)"""
-    model_options: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments passed to the model builder"""
-    identity_warps: bool = True
-    """model only: start its warps' Linear/Conv2d layers at the identity map (plain SGD)"""
-    filters: int = 64
-    """conv4: channels of each of its four conv layers"""
-    warp: str = "conv3x3"
-    """conv4: the warp layer after each block: scale (per channel), linear (1x1 conv) or
-    conv3x3"""
-    warp_depth: int = 1
-    """conv4: warp layers in sequence after each block"""
-    warp_batch_norm: bool = False
-    """conv4: batch norm (per-batch statistics) after each warp layer's map"""
-    warp_activation: str = "none"
-    """conv4: activation of each warp layer: none, relu, leaky_relu or tanh"""
-    warp_residual: bool = False
-    """conv4: warp layers add their input back, y = x + f(x)"""
-    batch_norm: str = "batch"
-    """conv4's batch norm: batch (each batch's own statistics) or running (per-task running
-    statistics at evaluation)"""
-    # adaptation
-    steps: int = 100
-    """SGD steps of each task's adaptation during meta-training (K)"""
-    eval_steps: int = 100
-    """SGD steps of each validation and test task's adaptation"""
-    inner_lr: float = 0.1
-    """SGD step size of the adaptation (task) parameters θ"""
-    momentum: float = 0.0
-    """momentum of the adaptation's SGD (0: none)"""
-    # meta-training
-    iterations: int = 1000
-    """meta-iterations (one meta-batch and one meta-update each)"""
-    meta_batch: int = 20
-    """tasks adapted per meta-iteration"""
-    meta_optimizer: str = "sgd"
-    """optimiser of the meta-updates of φ and θ_0: sgd or adam"""
-    warp_lr: float = 0.1
-    """meta learning rate of the warp parameters φ"""
-    init_lr: float = 0.1
-    """meta learning rate of the initialisation θ_0 (Leap, MAML, Reptile...)"""
-    warp_variant: str = "exact"
-    """WarpGrad's meta-loss: exact (through the inner gradient), first-order or no-step"""
-    warp_regime: str = "offline"
-    """online: φ's gradient gathered while tasks adapt; offline: φ updated afterwards over a
-    replay buffer of trajectory points"""
-    points_per_update: int = 1
-    """offline: trajectory points per φ update (mini-batch of the replay buffer)"""
-    warp_epochs: int = 1
-    """offline: passes over the replay buffer per meta-batch"""
-    point_stride: int = 1
-    """keep every k-th adaptation step (and the last) as a WarpGrad trajectory point"""
-    point_fraction: float = 1.0
-    """fraction of each task's trajectory points WarpGrad uses, drawn at random (in (0, 1])"""
-    batched: bool = False
-    """WarpGrad: evaluate a mini-batch of points in one torch.func.vmap call (same result)"""
-    buffer_dtype: str = "float32"
-    """offline: how the replay buffer stores points: float32, or float16/bfloat16 (half the
-    memory, rounded)"""
-    buffer_on_disk: bool = False
-    """offline: keep the replay buffer in a temporary file (lossless, less memory)"""
-    # speed (docs/performance.md): the accelerator gives the same numbers; bf16 does not
-    accelerate: bool = True
-    """use the accelerator's faster layers (the same numbers)"""
-    precision: str = "fp32"
-    """accelerator: fp32, or bf16 (forward passes under bfloat16 autocast; changes numbers)"""
-    cuda_graphs: bool = False
-    """accelerator, GPU only: replay fixed-shape passes from CUDA graphs"""
-    # evaluation and bookkeeping
-    val_every: int = 0
-    """evaluate on the validation tasks every N meta-iterations, keeping best.pt (0: never)"""
-    val_tasks: int = 100
-    """fewshot: validation episodes (multishot: every validation group)"""
-    eval_tasks: int = 600
-    """fewshot: test episodes of the final evaluation (multishot: n_test_tasks groups)"""
-    checkpoint_every: int = 10
-    """meta-iterations between checkpoints (a killed run resumes from the last)"""
-    seed: int = 0
-    """seeds the initialisation (the same θ_0 for every method), tasks, splits and batches"""
-    device: str = "cpu"
-    """cpu or cuda (cuda:N)"""
-    data_root: str = ""
-    """folder of the real datasets (default $WARPGRAD_DATA, then ~/warpgrad-data)"""
-
-    def __post_init__(self) -> None:
-        check_methods(self.methods)
-        if ":" in self.dataset:
-            import_object(self.dataset, "dataset")
-        else:
-            _choice("dataset", self.dataset, (*DATASETS, "package.module:function"))
-        if self.model:
-            import_object(self.model, "model")
-        _choice("protocol", self.protocol, PROTOCOLS)
-        _choice("warp", self.warp, ("scale", "linear", "conv3x3"))
-        _choice("warp_activation", self.warp_activation, ("none", "relu", "leaky_relu", "tanh"))
-        _choice("batch_norm", self.batch_norm, ("batch", "running"))
-        _choice("buffer_dtype", self.buffer_dtype, ("float32", "float16", "bfloat16"))
-        _choice("precision", self.precision, accel.PRECISIONS)
-        check_accelerator(self)
-        for name in ("n_way", "k_shot", "train_shots", "test_shots", "batch_size",
-                     "n_train_tasks", "n_test_tasks", "image_size", "filters", "warp_depth",
-                     "steps", "eval_steps", "iterations", "meta_batch", "points_per_update",
-                     "warp_epochs", "point_stride", "eval_tasks", "checkpoint_every",
-                     "val_tasks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 < self.point_fraction <= 1.0:
-            raise ValueError(f"point_fraction must be in (0, 1], got {self.point_fraction}")
-        if self.val_every < 0:
-            raise ValueError(f"val_every must be 0 (never) or at least 1, got {self.val_every}")
-        check_config(self)
-
-
-def import_object(path: str, key: str) -> Any:
-    """The object ``"package.module:name"`` names (``key`` is the config key, for errors).
-
-    The module is imported as Python would; failing that, from the current directory (where
-    an experiment's own ``models.py`` usually sits)."""
-    module_name, _, name = path.partition(":")
-    if not module_name or not name:
-        raise ValueError(f"{key} must be \"package.module:function\", got {path!r}")
-    try:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name.split(".")[0] or os.getcwd() in sys.path:
-                raise
-            sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
-    except (ImportError, SyntaxError) as error:
-        raise ValueError(f"{key}: cannot import {module_name!r} ({type(error).__name__}: "
-                         f"{error}); install it, put it on PYTHONPATH or run from its folder"
-                         ) from None
-    target = getattr(module, name, None)
-    if not callable(target):
-        raise ValueError(f"{key}: {module_name!r} has no function {name!r}")
-    return target
-
-
-def check_accelerator(config: Any) -> None:
-    """The accelerator's switches need the accelerator."""
-    if not config.accelerate:
-        for name, off in (("precision", "fp32"), ("cuda_graphs", False)):
-            if getattr(config, name, off) != off:
-                raise ValueError(f"{name}={getattr(config, name)} is a switch of the "
-                                 "accelerator; it needs accelerate=true")
-
-
-def _choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def default_data_root() -> str:
-    """``$WARPGRAD_DATA``, else ``~/warpgrad-data``."""
-    return os.environ.get("WARPGRAD_DATA") or str(Path.home() / "warpgrad-data")
 
 
 def dataset_root(config: ClassificationConfig) -> Path:

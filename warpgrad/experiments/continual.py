@@ -43,9 +43,8 @@ Example (a tiny budget):
 
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -60,130 +59,16 @@ from warpgrad._stats import mean_ci
 from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
 from warpgrad.engine.adapt import StepRecord
 from warpgrad.experiments.rundir import claim, save_figure, write_json
+from warpgrad.experiments.schemas import (  # noqa: F401 (re-exported, torch-free)
+    CONTINUAL_METHODS,
+    ContinualConfig,
+)
 from warpgrad.experiments.training import check_checkpoint
 from warpgrad.experiments.training import meta_train as train_loop
-from warpgrad.experiments.validation import check_config
 from warpgrad.models import mlp
 from warpgrad.tasks.continual import ContinualTask, continual_sine_tasks
 
-CONTINUAL_METHODS = ("warp-leap", "warpgrad", "warp-reptile", "leap", "reptile", "no-meta")
-"""Methods this experiment runs: sequential adaptation has no use for MAML's backpropagation
-through every step of a long sequence or for multi-headed fine-tuning."""
 REFERENCE = "no-meta"
-
-
-@dataclass
-class ContinualConfig:
-    """Every setting of a continual-sine run (recorded in ``config.json``).
-
-    Task: ``subtasks`` sub-intervals of ``x_range``, each with ``points_per_subtask``
-    adaptation points, ``meta_points_per_subtask`` points for WarpGrad's meta-loss and
-    ``test_points_per_subtask`` held-out points; ``steps_per_subtask`` SGD steps at
-    ``inner_lr`` on each. Meta-training: ``iterations`` meta-steps of ``meta_batch`` tasks,
-    ``meta_optimizer`` (``"adam"`` or ``"sgd"``) at ``meta_lr`` for φ and θ_0; WarpGrad
-    ``warp_variant`` (``"exact"``, ``"first-order"``, ``"no-step"``) in ``warp_regime``
-    (``"online"``, ``"offline"``) on every ``warp_stride``-th trajectory point.
-    Evaluation: ``eval_tasks`` held-out curves, ``plot_tasks`` of them plotted.
-    """
-
-    method: str = "warp-leap"
-    """the method (warp-leap, warpgrad, warp-reptile, leap, reptile, no-meta); no-meta is
-    always evaluated alongside"""
-    iterations: int = 300
-    """meta-iterations (one meta-batch and one meta-update each)"""
-    meta_batch: int = 5
-    """tasks (sine curves) adapted per meta-iteration"""
-    subtasks: int = 5
-    """consecutive sub-intervals of x_range each curve is cut into, learned left to right"""
-    steps_per_subtask: int = 5
-    """full-batch SGD steps on each sub-task, no revisiting"""
-    points_per_subtask: int = 10
-    """points per sub-task the adaptation fits"""
-    meta_points_per_subtask: int = 10
-    """points per sub-task for WarpGrad's meta-loss"""
-    test_points_per_subtask: int = 50
-    """held-out points per sub-task, for the forgetting matrix and the final MSE"""
-    amplitude: tuple[float, float] = (0.1, 5.0)
-    """range [low, high] of the curves' amplitude A"""
-    phase: tuple[float, float] = (0.0, math.pi)
-    """range [low, high] of the curves' phase b (radians)"""
-    x_range: tuple[float, float] = (-5.0, 5.0)
-    """input interval [low, high] cut into the sub-tasks"""
-    inner_lr: float = 0.01
-    """SGD step size of the adaptation (task) parameters θ"""
-    meta_lr: float = 0.005
-    """meta learning rate of the warp parameters φ and of the initialisation θ_0"""
-    meta_optimizer: str = "adam"
-    """optimiser of the meta-updates: adam or sgd"""
-    warp_variant: str = "exact"
-    """WarpGrad's meta-loss: exact (through the inner gradient), first-order or no-step"""
-    warp_regime: str = "online"
-    """online: φ's gradient gathered while tasks adapt; offline: φ updated afterwards over a
-    replay buffer of trajectory points"""
-    warp_stride: int = 5
-    """keep every k-th adaptation step (and the last) as a WarpGrad trajectory point"""
-    hidden: tuple[int, ...] = (40, 40)
-    """hidden layer widths of the MLP (warped methods: a linear warp after each)"""
-    eval_tasks: int = 100
-    """held-out curves of the final evaluation"""
-    plot_tasks: int = 4
-    """held-out curves drawn in fits.png (at most eval_tasks)"""
-    checkpoint_every: int = 25
-    """meta-iterations between checkpoints (a killed run resumes from the last)"""
-    seed: int = 0
-    """seeds the initialisation (the same θ_0 for every method) and the tasks"""
-    accelerate: bool = True
-    """use the accelerator's faster layers (the same numbers)"""
-
-    def __post_init__(self) -> None:
-        self.amplitude = tuple(float(v) for v in self.amplitude)
-        self.phase = tuple(float(v) for v in self.phase)
-        self.x_range = tuple(float(v) for v in self.x_range)
-        self.hidden = tuple(int(v) for v in self.hidden)
-        if self.method not in CONTINUAL_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of "
-                             f"{list(CONTINUAL_METHODS)}")
-        for name in ("iterations", "meta_batch", "subtasks", "steps_per_subtask",
-                     "points_per_subtask", "meta_points_per_subtask",
-                     "test_points_per_subtask", "warp_stride", "eval_tasks",
-                     "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.plot_tasks <= self.eval_tasks:
-            raise ValueError(f"plot_tasks must be between 0 and eval_tasks ({self.eval_tasks}), "
-                             f"got {self.plot_tasks}")
-        for name in ("inner_lr", "meta_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("amplitude", "phase", "x_range"):
-            pair = getattr(self, name)
-            if len(pair) != 2 or pair[0] > pair[1]:
-                raise ValueError(f"{name} must be two numbers (low, high) with low <= high, "
-                                 f"got {pair}")
-        if self.x_range[0] == self.x_range[1]:
-            raise ValueError(f"x_range must have positive width, got {self.x_range}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
-        choices = {"meta_optimizer": ("adam", "sgd"),
-                   "warp_variant": ("exact", "first-order", "no-step"),
-                   "warp_regime": ("online", "offline")}
-        for name, accepted in choices.items():
-            if getattr(self, name) not in accepted:
-                raise ValueError(f"{name} must be one of {list(accepted)}, got "
-                                 f"{getattr(self, name)!r}")
-        check_config(self)
-
-    @property
-    def steps(self) -> int:
-        """Adaptation steps per task: every sub-task in turn."""
-        return self.subtasks * self.steps_per_subtask
-
-    def task_options(self) -> dict[str, Any]:
-        return {"subtasks": self.subtasks, "points_per_subtask": self.points_per_subtask,
-                "meta_points_per_subtask": self.meta_points_per_subtask,
-                "test_points_per_subtask": self.test_points_per_subtask,
-                "steps_per_subtask": self.steps_per_subtask, "amplitude": self.amplitude,
-                "phase": self.phase, "x_range": self.x_range}
 
 
 def build_learner(config: ContinualConfig, method: str) -> MetaLearner:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -48,94 +48,16 @@ from warpgrad.experiments.rundir import (
     save_figure,
     write_json,
 )
+from warpgrad.experiments.schemas import MazeConfig  # re-exported; torch-free
 from warpgrad.experiments.training import write_metrics
-from warpgrad.experiments.validation import check_config
 from warpgrad.rl import (
     A2C,
-    AGENTS,
     EpisodeTrainer,
     MazeEnv,
     make_policy,
     play_episode,
     random_policy_rewards,
 )
-
-
-@dataclass
-class MazeConfig:
-    """Every setting of a maze run (recorded in ``config.json``).
-
-    Environment: ``num_envs`` mazes of side ``maze_size`` (odd, at least 5), episodes of
-    ``episode_length`` steps, ``reward_value`` for the reward cell, ``wall_penalty`` per
-    bump. Agent: ``method`` (``"warp"`` or ``"l2rl"``), LSTM ``hidden_size``. Training:
-    ``episodes`` A2C updates, Adam ``lr`` (θ) and ``warp_lr`` (φ, every ``warp_every``
-    episodes), ``discount``, ``entropy_coef``, ``value_coef``, gradient ``clip``. The random
-    policy is scored over ``random_episodes`` episodes; ``final_window`` episodes at the end
-    give the final reward.
-    """
-
-    method: str = "warp"
-    """the agent: warp (LSTM with a warp layer on its recurrence) or l2rl (plain LSTM)"""
-    episodes: int = 1000
-    """training episodes, one A2C update after each"""
-    maze_size: int = 9
-    """side of the square maze in cells (odd, at least 5)"""
-    episode_length: int = 100
-    """steps per episode"""
-    num_envs: int = 30
-    """mazes played together, each with its own hidden reward cell"""
-    hidden_size: int = 100
-    """LSTM hidden units"""
-    lr: float = 1e-3
-    """Adam learning rate of the task parameters θ (every episode)"""
-    warp_lr: float = 1e-3
-    """warp: Adam learning rate of the warp parameters φ"""
-    warp_every: int = 30
-    """warp: episodes over which φ's gradient accumulates before one step"""
-    discount: float = 0.9
-    """discount factor γ of the returns, in [0, 1]"""
-    entropy_coef: float = 0.03
-    """weight of the penalty on the policy's probability mass Σπ² (keeps it exploring)"""
-    value_coef: float = 0.1
-    """weight of the value (critic) loss"""
-    clip: float = 4.0
-    """gradient-norm clip of each update"""
-    reward_value: float = 10.0
-    """reward for reaching the reward cell"""
-    wall_penalty: float = 0.0
-    """cost of a move into a wall"""
-    random_episodes: int = 20
-    """episodes the uniformly random policy is scored over (the baseline)"""
-    final_window: int = 100
-    """episodes at the start and the end whose mean reward the summary reports"""
-    checkpoint_every: int = 50
-    """episodes between checkpoints (a killed run resumes from the last)"""
-    seed: int = 0
-    """seeds the agent's initialisation, the mazes and the actions"""
-
-    def __post_init__(self) -> None:
-        if self.method not in AGENTS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {list(AGENTS)}")
-        if self.maze_size < 5 or self.maze_size % 2 == 0:
-            raise ValueError(f"maze_size must be an odd number, at least 5; got "
-                             f"{self.maze_size}")
-        for name in ("episodes", "episode_length", "num_envs", "hidden_size", "warp_every",
-                     "random_episodes", "final_window", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "warp_lr", "clip", "reward_value"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("entropy_coef", "value_coef", "wall_penalty"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        if not 0 <= self.discount <= 1:
-            raise ValueError(f"discount must be in [0, 1], got {self.discount}")
-        check_config(self)
-
-    def make_env(self) -> MazeEnv:
-        return MazeEnv(self.num_envs, self.maze_size, episode_length=self.episode_length,
-                       reward_value=self.reward_value, wall_penalty=self.wall_penalty)
 
 
 def build_trainer(config: MazeConfig) -> EpisodeTrainer:

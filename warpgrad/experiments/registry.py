@@ -8,8 +8,9 @@ then the YAML, then ``key=value`` overrides from the command line. Unknown keys 
 types are rejected by OmegaConf's structured configs; values are then validated by the
 dataclass itself.
 
-The experiment modules (and torch) are imported on first use of :data:`KINDS`, so that the
-command's help and its errors about names and files come back at once.
+The config dataclasses are torch-free (:mod:`~warpgrad.experiments.schemas`); the experiment
+modules (and torch) are imported on first use of :data:`KINDS`, so that the command's help,
+``--show-config`` and its errors about names, files, keys and values come back at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from warpgrad.experiments.schemas import (
+    ClassificationConfig,
+    ContinualConfig,
+    MazeConfig,
+    SineConfig,
+    default_data_root,
+)
 
 
 class ConfigError(ValueError):
@@ -60,41 +69,43 @@ def _protocol_kind(config_cls: type, make: Callable[[Any, str], Any]) -> Kind:
     return Kind(config_cls, run, lambda summary: run_module.format_table([summary]), make)
 
 
-def _single_method_kind(module: Any) -> Kind:
+def _single_method_kind(config_cls: type, module: Any) -> Kind:
     """An experiment module with its own ``run(config, run_dir, progress, record)`` and
     ``format_table`` (one method per run: continual learning, the maze)."""
 
     def run(config: Any, name: str, run_dir: Path, progress: bool) -> dict[str, Any]:
         return module.run(config, run_dir, progress=progress, record=run_record(name, config))
 
-    return Kind(module_config(module), run, module.format_table)
+    return Kind(config_cls, run, module.format_table)
 
 
-def module_config(module: Any) -> type:
-    return next(v for k, v in vars(module).items() if k.endswith("Config") and
-                isinstance(v, type) and v.__module__ == module.__name__)
+CONFIGS: dict[str, type] = {
+    "classification": ClassificationConfig,
+    "sine": SineConfig,
+    "continual": ContinualConfig,
+    "maze": MazeConfig,
+}
+"""The config dataclass of each kind of experiment (torch-free: resolving and validating a
+config imports no experiment module)."""
 
 
 @functools.cache
 def kinds() -> dict[str, Kind]:
     """Every kind of experiment, by the name a config's ``kind`` gives (imports them)."""
     from warpgrad.experiments import continual, maze
-    from warpgrad.experiments.classification import (
-        ClassificationConfig,
-        ClassificationExperiment,
-    )
-    from warpgrad.experiments.sine import SineConfig, SineExperiment
+    from warpgrad.experiments.classification import ClassificationExperiment
+    from warpgrad.experiments.sine import SineExperiment
 
     return {
         "classification": _protocol_kind(ClassificationConfig,
                                          lambda c, name: ClassificationExperiment(c, name)),
         "sine": _protocol_kind(SineConfig, lambda c, name: SineExperiment(c)),
-        "continual": _single_method_kind(continual),
-        "maze": _single_method_kind(maze),
+        "continual": _single_method_kind(ContinualConfig, continual),
+        "maze": _single_method_kind(MazeConfig, maze),
     }
 
 
-KIND_NAMES = ("classification", "sine", "continual", "maze")
+KIND_NAMES = tuple(CONFIGS)
 
 
 def __getattr__(name: str) -> Any:
@@ -112,7 +123,7 @@ changed nothing but float rounding, so a run that has them resumes without them.
 
 def run_record(name: str, config: Any) -> dict[str, Any]:
     """What ``config.json`` holds: enough to rebuild the run (``--resume``, ``evaluate``)."""
-    kind = next(k for k, v in kinds().items() if isinstance(config, v.config))
+    kind = next(k for k, v in CONFIGS.items() if isinstance(config, v))
     return {"experiment": name, "kind": kind, "config": asdict(config)}
 
 
@@ -215,7 +226,7 @@ def load_experiment(
         raise ConfigError(f"{_shown(name)}: kind must be one of {sorted(KIND_NAMES)}, got "
                           f"{kind!r}")
     name = experiment_label(name)
-    config_cls = kinds()[kind].config
+    config_cls = CONFIGS[kind]
     extra: dict[str, Any] = {}
     fields = config_cls.__dataclass_fields__
     if methods is not None:
@@ -233,8 +244,6 @@ def load_experiment(
         if data_root is not None:
             extra["data_root"] = data_root
         elif not raw.get("data_root") and not any(o.startswith("data_root=") for o in overrides):
-            from warpgrad.experiments.classification import default_data_root
-
             extra["data_root"] = default_data_root()
     config = _resolve(config_cls, [raw], overrides, extra)
     if data_root is not None and getattr(config, "dataset", None) in (None, "glyphs"):
@@ -320,7 +329,7 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[str, str, An
                           f"{', '.join(map(repr, fixed))} is fixed by the run's checkpoints "
                           "(start a new run to change it)")
     try:
-        return name, kind, _resolve(kinds()[kind].config, [OmegaConf.create(recorded)],
+        return name, kind, _resolve(CONFIGS[kind], [OmegaConf.create(recorded)],
                                     overrides, {})
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

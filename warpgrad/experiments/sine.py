@@ -10,72 +10,17 @@ seed; all are scored by the post-adaptation MSE on the same held-out tasks (mean
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from warpgrad import accel
-from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, check_methods, make_learner
-from warpgrad.experiments.validation import check_config
+from warpgrad.algorithms import METHODS, MetaLearner, WarpGrad, make_learner
+from warpgrad.experiments.schemas import SineConfig  # re-exported; torch-free
 from warpgrad.models import mlp
 from warpgrad.tasks import Task, sine_tasks
-
-
-@dataclass
-class SineConfig:
-    """Every setting of a sine run (recorded in ``config.json``)."""
-
-    methods: list[str] = field(default_factory=lambda: ["no-meta", "warp-leap", "warp-maml",
-                                                        "leap"])
-    """methods to meta-train and compare, each from the same seed (warp-leap, warp-maml,
-    leap, maml, meta-sgd, no-meta, ...; or --method)"""
-    iterations: int = 150
-    """meta-iterations (one meta-batch and one meta-update each)"""
-    meta_batch: int = 10
-    """tasks (sine curves) adapted per meta-iteration"""
-    steps: int = 5
-    """full-batch SGD steps of each task's adaptation, in meta-training and evaluation"""
-    inner_lr: float = 0.01
-    """SGD step size of the adaptation (task) parameters θ"""
-    meta_lr: float = 3e-3
-    """meta learning rate of the warp parameters φ and of the initialisation θ_0"""
-    rate_lr: float = 3e-4  # learned per-parameter rates (Meta-SGD) diverge at 1e-3 on some seeds
-    """meta learning rate of learned inner step sizes (meta-sgd)"""
-    meta_optimizer: str = "adam"
-    """optimiser of the meta-updates: adam or sgd"""
-    warp_variant: str = "exact"
-    """WarpGrad's meta-loss: exact (through the inner gradient), first-order or no-step"""
-    warp_regime: str = "offline"
-    """online: φ's gradient gathered while tasks adapt; offline: φ updated afterwards over a
-    replay buffer of trajectory points"""
-    points_per_update: int = 6
-    """offline: trajectory points per φ update (batched in one vmap call when above 1)"""
-    shots: int = 10
-    """points (x, y) per task the adaptation fits"""
-    test_shots: int = 100
-    """held-out points per task: the meta-objective's and the test MSE's"""
-    hidden: list[int] = field(default_factory=lambda: [40, 40])
-    """hidden layer widths of the MLP (warped methods: a linear warp after each)"""
-    eval_tasks: int = 200
-    """held-out tasks of the final evaluation"""
-    checkpoint_every: int = 25
-    """meta-iterations between checkpoints (a killed run resumes from the last)"""
-    seed: int = 0
-    """seeds the initialisation (the same θ_0 for every method) and the tasks"""
-    device: str = "cpu"
-    """cpu or cuda (cuda:N)"""
-    accelerate: bool = True
-    """use the accelerator's faster layers (the same numbers)"""
-
-    def __post_init__(self) -> None:
-        check_methods(self.methods)
-        for name in ("iterations", "meta_batch", "steps", "eval_tasks", "checkpoint_every",
-                     "points_per_update", "shots", "test_shots"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        check_config(self)
 
 
 class SineExperiment:

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from warpgrad.algorithms import METHODS
-
+METHOD_NAMES: tuple[str, ...] = (
+    "warp-leap", "warp-maml", "warp-reptile", "warpgrad", "leap", "maml", "fomaml", "reptile",
+    "meta-sgd", "t-net", "finetune", "no-meta")
+"""The methods' names, in the order of ``warpgrad.algorithms.METHODS`` (which is torch's side;
+tests/test_lazy_imports.py pins the two equal)."""
+WARPED_METHODS = frozenset({"warp-leap", "warp-maml", "warp-reptile", "warpgrad", "t-net"})
+"""The methods whose model needs warp layers (``METHODS[name].needs_warps``)."""
 CHOICES: dict[str, tuple[str, ...]] = {
     "meta_optimizer": ("sgd", "adam"),
     "warp_variant": ("exact", "first-order", "no-step"),
@@ -49,10 +55,17 @@ def check_config(config: Any) -> None:
     hidden = getattr(config, "hidden", None)
     if hidden is not None:
         methods = getattr(config, "methods", None) or [getattr(config, "method", "")]
-        warped = [m for m in methods if m in METHODS and METHODS[m].needs_warps]
+        warped = [m for m in methods if m in WARPED_METHODS]
         if warped and not hidden:
             raise ValueError(f"hidden must list one or more layer widths for the warped "
                              f"method(s) {warped} (a warp sits after each hidden layer), e.g. "
                              "hidden=[40,40]")
         if any(width < 1 for width in hidden):
             raise ValueError(f"hidden widths must be positive, got {list(hidden)}")
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the accepted methods unless every name is one."""
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; expected any of {sorted(METHOD_NAMES)}")
