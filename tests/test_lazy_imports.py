@@ -46,6 +46,7 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess:
      "error: unknown method(s) ['nope']; expected any of ['finetune', 'fomaml', 'leap', "),
     (["train", "glyphs-fewshot", "precision=fp8"],
      "error: precision must be one of ['fp32', 'bf16'], got 'fp8'"),
+    (["data", "check", "glyphs-fewshot", "k_shot=0"], "error: k_shot must be at least 1, got 0"),
 ])
 def test_a_config_error_is_one_line_and_imports_no_torch(args, error):
     out = _python(AS_COMMAND, *args)

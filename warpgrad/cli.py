@@ -280,11 +280,13 @@ def data_check(experiment: str, overrides: tuple[str, ...], data_root: str | Non
 
 def _experiment_splits(experiment: str, data_root: str | None, overrides: tuple[str, ...]):
     """``(config, splits)``; splits ``None`` where the experiment generates its data."""
-    from warpgrad.experiments.classification import ClassificationConfig, load_splits
+    from warpgrad.experiments.schemas import ClassificationConfig
 
-    config = _experiment_config(experiment, data_root, overrides)
+    config = _experiment_config(experiment, data_root, overrides)  # errors before torch
     if not isinstance(config, ClassificationConfig):
         return config, None
+    from warpgrad.experiments.classification import load_splits
+
     return config, load_splits(config)
 
 
