@@ -148,7 +148,7 @@ def test_real_dataset_experiments_on_fixture_files(tmp_path, omniglot_folders, e
 
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "nonsense"],
-     "unknown experiment 'nonsense'; available: continual-sine, glyphs-fewshot"),
+     "unknown experiment 'nonsense'; available: continual-sine, geometry, glyphs-fewshot"),
     (["train", "-m", "warp-sgd"], "unknown method(s) ['warp-sgd']; expected any of"),
     (["train", "sine", "colour=red"], "unknown config key 'colour'; keys:"),
     (["train", "sine", "iterations=lots"],

@@ -84,14 +84,17 @@ def test_the_torch_free_names_equal_the_torch_side_ones():
     assert schemas.PRECISIONS == accel.PRECISIONS
     assert schemas.AGENTS == rl.AGENTS
     assert set(schemas.CONTINUAL_METHODS) <= set(METHODS)
+    from warpgrad.tasks import peaks
+
+    assert schemas.SURFACES == peaks.SURFACES
 
 
 def test_the_configs_are_the_ones_each_kind_runs_and_keep_their_import_paths():
-    from warpgrad.experiments import classification, continual, maze, sine
+    from warpgrad.experiments import classification, continual, geometry, maze, sine
 
     moved = {"classification": classification.ClassificationConfig,
              "sine": sine.SineConfig, "continual": continual.ContinualConfig,
-             "maze": maze.MazeConfig}
+             "maze": maze.MazeConfig, "geometry": geometry.GeometryConfig}
     assert moved == registry.CONFIGS
     assert {kind: spec.config for kind, spec in registry.kinds().items()} == moved
     assert classification.default_data_root is schemas.default_data_root

@@ -32,6 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 from warpgrad.experiments.schemas import (
     ClassificationConfig,
     ContinualConfig,
+    GeometryConfig,
     MazeConfig,
     SineConfig,
     default_data_root,
@@ -84,6 +85,7 @@ CONFIGS: dict[str, type] = {
     "sine": SineConfig,
     "continual": ContinualConfig,
     "maze": MazeConfig,
+    "geometry": GeometryConfig,
 }
 """The config dataclass of each kind of experiment (torch-free: resolving and validating a
 config imports no experiment module)."""
@@ -92,7 +94,7 @@ config imports no experiment module)."""
 @functools.cache
 def kinds() -> dict[str, Kind]:
     """Every kind of experiment, by the name a config's ``kind`` gives (imports them)."""
-    from warpgrad.experiments import continual, maze
+    from warpgrad.experiments import continual, geometry, maze
     from warpgrad.experiments.classification import ClassificationExperiment
     from warpgrad.experiments.sine import SineExperiment
 
@@ -102,6 +104,7 @@ def kinds() -> dict[str, Kind]:
         "sine": _protocol_kind(SineConfig, lambda c, name: SineExperiment(c)),
         "continual": _single_method_kind(ContinualConfig, continual),
         "maze": _single_method_kind(MazeConfig, maze),
+        "geometry": _single_method_kind(GeometryConfig, geometry),
     }
 
 
@@ -299,6 +302,7 @@ RESUME_KEYS: dict[str, tuple[str, ...]] = {
     "sine": ("iterations", "checkpoint_every", "inner_lr", "meta_lr", "rate_lr", "eval_tasks"),
     "continual": ("iterations", "checkpoint_every", "inner_lr", "meta_lr", "eval_tasks"),
     "maze": ("episodes", "checkpoint_every"),
+    "geometry": ("iterations", "checkpoint_every", "warp_lr"),
 }
 """The keys ``warpgrad train --resume RUN_DIR KEY=VALUE`` may change, per kind: how long and
 how fast to optimise from the checkpoint on (everything else fixes what the checkpoint is)."""

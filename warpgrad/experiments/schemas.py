@@ -3,8 +3,9 @@
 Torch-free, so that resolving, validating and printing a config (``warpgrad train ...
 --show-config``, a bad key or value) needs no torch: the experiment modules that run them
 (:mod:`~warpgrad.experiments.classification`, :mod:`~warpgrad.experiments.sine`,
-:mod:`~warpgrad.experiments.continual`, :mod:`~warpgrad.experiments.maze`) re-export them.
-The names duplicated from the torch side (precisions, agents) are pinned equal to theirs by
+:mod:`~warpgrad.experiments.continual`, :mod:`~warpgrad.experiments.maze`,
+:mod:`~warpgrad.experiments.geometry`) re-export them. The names duplicated from the torch
+side (precisions, agents, surfaces) are pinned equal to theirs by
 tests/test_lazy_imports.py.
 """
 
@@ -33,6 +34,8 @@ PROTOCOLS = ("multishot", "fewshot")
 CONTINUAL_METHODS = ("warp-leap", "warpgrad", "warp-reptile", "leap", "reptile", "no-meta")
 """Methods the continual experiment runs: sequential adaptation has no use for MAML's
 backpropagation through every step of a long sequence or for multi-headed fine-tuning."""
+SURFACES: tuple[str, ...] = ("peaks", "appendix")
+"""The geometry problem's surface variants (``warpgrad.tasks.peaks.SURFACES``)."""
 
 
 @dataclass
@@ -482,3 +485,81 @@ class MazeConfig:
 
         return MazeEnv(self.num_envs, self.maze_size, episode_length=self.episode_length,
                        reward_value=self.reward_value, wall_penalty=self.wall_penalty)
+
+
+@dataclass
+class GeometryConfig:
+    """Every setting of a geometry run, the paper's appendix D (recorded in ``config.json``).
+
+    Tasks: random variants of MATLAB's ``peaks`` (``surface``; weights and offsets spread by
+    ``coefficient_spread`` and ``offset_spread`` around MATLAB's), starts uniform on
+    ``start_range``². Adaptation: ``steps`` gradient-descent steps at ``inner_lr`` on the point
+    itself. Warp: a residual tanh network with ``warp_hidden`` units, starting as the
+    identity, meta-trained by WarpGrad (``warp_variant``, online: Algorithm 1) for
+    ``iterations`` meta-steps, each one random surface from ``starts_per_step`` starts,
+    ``meta_optimizer`` at ``warp_lr``. Evaluation: ``eval_tasks`` held-out surfaces from
+    ``eval_starts`` starts each, final losses within ``tie_tolerance`` tied; ``plot_starts``
+    of the first one's drawn in surfaces.png.
+    """
+
+    surface: str = "peaks"
+    """third term: peaks (MATLAB's, as the paper's figures show: -b3 exp(-(x1+a3)^2 - x2^2))
+    or appendix (as printed there, x1 in both slots: a function of x1 alone, a ridge)"""
+    coefficient_spread: float = 0.5
+    """each weight b_i is MATLAB's times U[1-s, 1+s] (the paper's range is unstated)"""
+    offset_spread: float = 0.5
+    """each offset a_i is MATLAB's plus U[-s, s] (the paper's range is unstated)"""
+    start_range: tuple[float, float] = (-3.0, 3.0)
+    """starting points are uniform on the square [low, high]^2"""
+    steps: int = 100
+    """gradient-descent steps per task, during meta-training and evaluation"""
+    inner_lr: float = 0.1
+    """SGD step size of the adaptation (task) parameters θ: the point (x1, x2)"""
+    warp_hidden: int = 30
+    """tanh hidden units of the warp's two-layer network"""
+    iterations: int = 40
+    """meta-steps, each one surface and starts_per_step starts (the paper: 100; 40 keeps the
+    default run short on a CPU)"""
+    starts_per_step: int = 10
+    """starting points (initialisations) of a meta-step: its meta-batch of tasks"""
+    warp_variant: str = "exact"
+    """WarpGrad's meta-loss: exact (through the inner gradient) or first-order"""
+    warp_lr: float = 0.01
+    """meta learning rate of the warp parameters φ"""
+    meta_optimizer: str = "adam"
+    """optimiser of the warp's meta-updates: adam or sgd"""
+    eval_tasks: int = 20
+    """held-out surfaces of the evaluation"""
+    eval_starts: int = 10
+    """starting points per held-out surface (eval_tasks x eval_starts pairs in all)"""
+    tie_tolerance: float = 1e-3
+    """final losses closer than this count as a tie (both descents in the same minimum),
+    neither lower"""
+    plot_starts: int = 5
+    """starts of the first held-out surface drawn in surfaces.png (at most eval_starts)"""
+    checkpoint_every: int = 25
+    """meta-steps between checkpoints (a killed run resumes from the last)"""
+    seed: int = 0
+    """seeds the warp's initialisation, the training surfaces and the held-out ones"""
+
+    def __post_init__(self) -> None:
+        self.start_range = tuple(float(v) for v in self.start_range)
+        _choice("surface", self.surface, SURFACES)
+        if self.warp_variant == "no-step":
+            raise ValueError("warp_variant must be 'exact' or 'first-order' (the paper's "
+                             "objectives), got 'no-step'")
+        for name in ("steps", "warp_hidden", "iterations", "starts_per_step", "eval_tasks",
+                     "eval_starts", "plot_starts", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.plot_starts > self.eval_starts:
+            raise ValueError(f"plot_starts must be at most eval_starts ({self.eval_starts}), "
+                             f"got {self.plot_starts}")
+        for name in ("coefficient_spread", "offset_spread", "tie_tolerance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        low, high = self.start_range
+        if not low < high:
+            raise ValueError(f"start_range must be [low, high] with low < high, got "
+                             f"{list(self.start_range)}")
+        check_config(self)
