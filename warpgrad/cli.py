@@ -250,6 +250,49 @@ def _run_names(run_dirs: tuple[Path, ...]) -> list[str]:
     return [n if names.count(n) == 1 else str(p) for n, p in zip(names, run_dirs, strict=True)]
 
 
+@main.command()
+@click.argument("claims", nargs=-1)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="seeds per run (0 … N-1), each a full run directory")
+@click.option("--scale", type=click.Choice(["cpu", "paper", "tiny"]), default="cpu",
+              show_default=True, help="cpu: embedded data, minutes per claim on a 2-core CPU; "
+              "paper: the paper's protocols on the real datasets (a GPU); tiny: a seconds-long "
+              "smoke test whose numbers mean nothing")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="the suite's folder (default runs/reproduce-SCALE); complete runs in it are "
+              "skipped, partial ones resumed")
+@click.option("--data-root", help="folder holding real datasets (--scale paper)")
+@click.option("--device", help="cpu or cuda (classification runs)")
+@click.option("--list", "list_claims", is_flag=True,
+              help="list the claims with their CPU wall-time estimate and exit")
+@click.option("--no-progress", is_flag=True, help="hide progress bars")
+@_user_errors
+def reproduce(claims: tuple[str, ...], seeds: int, scale: str, out: Path | None,
+              data_root: str | None, device: str | None, list_claims: bool,
+              no_progress: bool) -> None:
+    """Run the paper's CLAIMS (default: all nine) and write a report: for each, the paper's
+    number beside ours with 95% CIs, paired tests against its baseline and a verdict (holds,
+    does not hold, inconclusive). Writes OUT/report.md, OUT/results.json and OUT/figures/."""
+    from warpgrad.reproduce import suite
+    from warpgrad.reproduce.claims import claim_minutes
+
+    chosen = suite.select(claims)
+    if list_claims:
+        for claim in chosen:
+            click.echo(f"{claim.name:<10} ~{claim_minutes(claim, seeds):>4.0f} min  "
+                       f"{claim.title}")
+        total = sum(claim_minutes(c, seeds) for c in chosen)
+        click.echo(f"{'total':<10} ~{total:>4.0f} min  (--scale cpu, {seeds} seeds, 2-core CPU)")
+        return
+    out = out or Path("runs") / f"reproduce-{scale}"
+    report = suite.run_suite(chosen, seeds=seeds, scale=scale, out=out, data_root=data_root,
+                             device=device, progress=not no_progress,
+                             log=lambda line: click.echo(line, err=True))
+    for name, entry in report["claims"].items():
+        click.echo(f"{name:<10} {entry['verdict']:<14} {entry['title']}")
+    click.echo(f"report: {out / 'report.md'}")
+
+
 @main.group()
 def data() -> None:
     """Check, measure or look at an experiment's dataset (the loaders build their caches on

@@ -143,14 +143,15 @@ def measure(learner: MetaLearner, task: ContinualTask) -> dict[str, Any]:
 
 def evaluate(config: ContinualConfig, learner: MetaLearner, tasks: list[ContinualTask], *,
              progress: bool = True, desc: str = "evaluate") -> dict[str, Any]:
-    """Mean and 95% CI over ``tasks`` of each score of :func:`measure`, and the mean
-    forgetting matrix."""
+    """Mean, 95% CI and per-task ``values`` over ``tasks`` of each score of :func:`measure`,
+    and the mean forgetting matrix."""
     scores = [measure(learner, task) for task in tqdm(tasks, desc=desc, disable=not progress,
                                                       leave=False, file=sys.stderr)]
     result: dict[str, Any] = {
-        name: mean_ci([s[name] for s in scores])
+        name: mean_ci([s[name] for s in scores], keep=True)
         for name in ("whole_range_mse", "first_forgetting", "mean_forgetting")}
-    result["final_first_mse"] = mean_ci([s["forgetting_matrix"][-1][0] for s in scores])
+    result["final_first_mse"] = mean_ci([s["forgetting_matrix"][-1][0] for s in scores],
+                                       keep=True)
     result["forgetting_matrix"] = torch.tensor(
         [s["forgetting_matrix"] for s in scores]).mean(0).tolist()
     return result

@@ -14,7 +14,8 @@ A run directory holds::
 ``summary.json`` schema (version 1)::
 
     {"schema": 1, "experiment": str, "metric": str, "higher_is_better": bool,
-     "results": {method: {"<metric>": {"mean": float, "ci95": float, "n": int}, ...,
+     "results": {method: {"<metric>": {"mean": float, "ci95": float, "n": int,
+                                       "values": [float, ...]}, ...,  # one per test task
                           "meta_train_seconds": float, "iterations": int,
                           "checkpoint": "last" | "best" | "none"}},
      "chance": float}  # the metric's chance level, where the experiment knows it

@@ -244,7 +244,8 @@ def _warn_if_not_learning(history: Sequence[dict[str, float]], desc: str) -> Non
 def evaluate(learner: MetaLearner, tasks: Sequence[Task], *, seed: int, steps: int | None = None,
              progress: bool = True, desc: str = "evaluate") -> dict[str, dict[str, float]]:
     """Adapt from the meta-learned initialisation on each task and score its held-out data.
-    Returns every metric of :meth:`MetaLearner.evaluate` as mean and 95% CI over tasks.
+    Returns every metric of :meth:`MetaLearner.evaluate` as mean and 95% CI over tasks, with
+    the per-task ``values`` in the tasks' order.
 
     Under torchrun the tasks are split over the ranks and their metrics gathered; each task
     then seeds the learner's generator from its index, so the figures do not depend on the
@@ -255,12 +256,12 @@ def evaluate(learner: MetaLearner, tasks: Sequence[Task], *, seed: int, steps: i
             return learner.evaluate(task, steps)
 
         per_task = distributed.split_map(one, tasks)
-        return {key: mean_ci([m[key] for m in per_task]) for key in per_task[0]}
+        return {key: mean_ci([m[key] for m in per_task], keep=True) for key in per_task[0]}
     learner.generator.manual_seed(seed + 20_000)
     per_task = [learner.evaluate(task, steps)
                 for task in tqdm(tasks, desc=desc, disable=not progress, leave=False,
                                  file=sys.stderr, dynamic_ncols=True)]
-    return {key: mean_ci([m[key] for m in per_task]) for key in per_task[0]}
+    return {key: mean_ci([m[key] for m in per_task], keep=True) for key in per_task[0]}
 
 
 def write_metrics(path: Path, history: Sequence[dict[str, float]], first: str = "iteration"
