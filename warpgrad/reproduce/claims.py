@@ -368,6 +368,18 @@ def _fewshot_judge(results: Results, directory: Path) -> Judgement:
         for label, method, _ in FEWSHOT_METHODS[1:]:
             _add(j, _accuracy_comparison(results, warp, (f"{label}, {shots}-shot", key, method)))
     _bars(j, directory, "fewshot", "5-way few-shot glyphs (paper: miniImageNet)")
+    for shots in (1, 5):
+        key = f"fewshot-{shots}shot"
+        curves = {label: [metric_curve(results.run_dir(key, s) / method / "metrics.csv",
+                                       "adapt_loss_last") for s in results.done_seeds(key)]
+                  for label, method, _ in FEWSHOT_METHODS
+                  if results.done_seeds(key) and (results.run_dir(key, results.done_seeds(
+                      key)[0]) / method / "metrics.csv").is_file()}
+        if curves:
+            j.figures.append(figures.learning_curves(
+                directory / f"fewshot-{shots}shot-curves.png", curves, smooth=5,
+                ylabel="support loss after adaptation", title=f"{shots}-shot meta-training",
+                log_scale=True))
     j.notes.append("The paper's numbers are on miniImageNet (84x84 colour images, Conv4-128); "
                    "ours on 28x28 glyphs: compare orderings, not levels.")
     return j.decide()
@@ -423,10 +435,15 @@ def _maze_runs(scale: str) -> list[Run]:
     return [Run(f"maze-{m}", "maze", (f"method={m}", *overrides)) for _, m in MAZE_AGENTS]
 
 
+def metric_curve(path: Path, column: str) -> list[float]:
+    """One column of a run's ``metrics.csv`` (a row per meta-iteration or episode)."""
+    with open(path, newline="") as f:
+        return [float(row[column]) for row in csv.DictReader(f)]
+
+
 def maze_curve(run_dir: Path) -> list[float]:
     """Reward per episode (mean over the mazes) from a maze run's ``metrics.csv``."""
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [float(row["reward"]) for row in csv.DictReader(f)]
+    return metric_curve(run_dir / "metrics.csv", "reward")
 
 
 def _maze_judge(results: Results, directory: Path) -> Judgement:
@@ -458,7 +475,9 @@ def _maze_judge(results: Results, directory: Path) -> Judgement:
                                      metric=name, units="seed"))
     level = sum(random_level) / len(random_level)
     j.rows.append(("random policy", "—", level, 0.0, len(random_level)))
-    j.figures.append(figures.learning_curves(directory / "maze.png", curves, level))
+    j.figures.append(figures.learning_curves(
+        directory / "maze.png", curves, ylabel="reward per episode", title="maze",
+        level=level, level_label="random policy"))
     j.notes.append("The paired units are seeds (each a whole training run): the spread that "
                    "matters for 'learns faster' is between runs. The paper shows curves only.")
     return j.decide()

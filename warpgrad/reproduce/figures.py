@@ -70,10 +70,12 @@ def margins(path: Path, points: Sequence[tuple[int, float, tuple[float, float]]]
     return _finish(fig, ax, path, legend=False)
 
 
-def learning_curves(path: Path, curves: dict[str, list[list[float]]], random_level: float,
-                    smooth: int = 20) -> str:
-    """Reward per episode, one line per agent: the mean over seeds of a ``smooth``-episode
-    moving average, shaded between the seeds' lowest and highest."""
+def learning_curves(path: Path, curves: dict[str, list[list[float]]], *, ylabel: str,
+                    title: str, level: float | None = None, level_label: str = "",
+                    smooth: int = 20, log_scale: bool = False) -> str:
+    """One line per method: the mean over seeds (one curve each) of a ``smooth``-point
+    moving average, shaded between the seeds' lowest and highest; ``level`` a dotted
+    reference line."""
     import numpy as np
 
     plt = _pyplot()
@@ -87,10 +89,13 @@ def learning_curves(path: Path, curves: dict[str, list[list[float]]], random_lev
         x = np.arange(width, length + 1)
         (line,) = ax.plot(x, smoothed.mean(0), label=f"{label} ({len(runs)} seeds)")
         ax.fill_between(x, smoothed.min(0), smoothed.max(0), color=line.get_color(), alpha=0.2)
-    ax.axhline(random_level, color="grey", linestyle=":", label="random policy")
-    ax.set_xlabel("episode")
-    ax.set_ylabel(f"reward per episode ({smooth}-episode mean)")
-    ax.set_title("maze: mean over seeds, band = lowest to highest seed", fontsize=9)
+    if level is not None:
+        ax.axhline(level, color="grey", linestyle=":", label=level_label)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("episode" if "reward" in ylabel else "meta-iteration")
+    ax.set_ylabel(f"{ylabel} ({smooth}-point mean)" if smooth > 1 else ylabel)
+    ax.set_title(f"{title}: mean over seeds, band = lowest to highest seed", fontsize=9)
     return _finish(fig, ax, path)
 
 
