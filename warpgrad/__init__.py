@@ -2,7 +2,8 @@
 
 The public API::
 
-    WarpedModel, WarpLayer, conv4, mlp, warped_lstm       # learners with a θ/φ split
+    WarpedModel, WarpLayer, conv4, mlp                    # learners with a θ/φ split
+    warped_lstm, adaptive_lstm                            # recurrent learners (maze RL)
     MetaLearner, make_learner, METHODS                    # meta-training
     WarpGrad, Leap, Reptile, MAML                         # the objectives
     Task, sine_task                                       # tasks
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
         make_learner,
     )
     from warpgrad.engine import InnerSGD, ReplayBuffer, adapt
-    from warpgrad.models import WarpedModel, WarpLayer, conv4, mlp, warp_stack, warped_lstm
+    from warpgrad.models import (
+        WarpedModel,
+        WarpLayer,
+        adaptive_lstm,
+        conv4,
+        mlp,
+        warp_stack,
+        warped_lstm,
+    )
     from warpgrad.tasks import Task, sine_task, sine_tasks
 
 # Imported on first use, so that the `warpgrad` command starts without importing torch.
@@ -32,8 +41,8 @@ _HOMES = {
     "warpgrad.algorithms": ("MAML", "METHODS", "Leap", "MetaLearner", "Reptile", "WarpGrad",
                             "make_learner"),
     "warpgrad.engine": ("InnerSGD", "ReplayBuffer", "adapt"),
-    "warpgrad.models": ("WarpedModel", "WarpLayer", "conv4", "mlp", "warp_stack",
-                        "warped_lstm"),
+    "warpgrad.models": ("WarpedModel", "WarpLayer", "adaptive_lstm", "conv4", "mlp",
+                        "warp_stack", "warped_lstm"),
     "warpgrad.tasks": ("Task", "sine_task", "sine_tasks"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
@@ -60,6 +69,7 @@ __all__ = [
     "WarpLayer",
     "WarpedModel",
     "adapt",
+    "adaptive_lstm",
     "conv4",
     "make_learner",
     "mlp",

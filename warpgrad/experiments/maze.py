@@ -1,5 +1,5 @@
-"""Maze navigation (Miconi et al., 2019; WarpGrad's RL experiment): the warped LSTM agent
-against learning-to-RL, both trained by advantage actor-critic.
+"""Maze navigation (Miconi et al., 2019; WarpGrad's RL experiment): the warped agent against
+learning-to-RL, all trained by advantage actor-critic.
 
 Each episode, ``num_envs`` mazes (:class:`~warpgrad.rl.maze.MazeEnv`) hide a new reward cell;
 the agent, whose LSTM state starts from zero every episode, must find it and, after each
@@ -7,9 +7,13 @@ teleport, return to it. The agent is trained after every episode by A2C (discoun
 entropy-like penalty 0.03, value coefficient 0.1, gradient clip 4, Adam 1e-3):
 
 - ``method="l2rl"``: the plain LSTM, all parameters updated every episode;
-- ``method="warp"``: the LSTM with a warp layer on its recurrence; task parameters updated
-  every episode, warp parameters every ``warp_every`` (30) episodes on their accumulated
-  gradient (:class:`~warpgrad.rl.agents.EpisodeTrainer`).
+- ``method="warp"`` (the paper's agent): the adaptive LSTM, whose projection (width
+  ``warp_hidden``) and adaptation layers rescale the gates' pre-activations at every step;
+  task parameters (the LSTM's weights, the head) updated every episode, warp parameters
+  (projection and adaptation) every ``warp_every`` (30) episodes on their accumulated
+  gradient (:class:`~warpgrad.rl.agents.EpisodeTrainer`);
+- ``method="warp-recurrence"`` (a variant): the LSTM with a linear warp layer on its
+  recurrence, on the same two time-scales.
 
 The measure is the total reward per episode (mean over the mazes), against a uniformly
 random policy on the same mazes.
@@ -63,7 +67,7 @@ from warpgrad.rl import (
 def build_trainer(config: MazeConfig) -> EpisodeTrainer:
     """The agent of ``config.method`` (initialised from the run's seed) and its updates."""
     torch.manual_seed(config.seed)
-    policy = make_policy(config.method, config.hidden_size)
+    policy = make_policy(config.method, config.hidden_size, warp_hidden=config.warp_hidden)
     a2c = A2C(config.discount, config.entropy_coef, config.value_coef)
     return EpisodeTrainer(policy, a2c, lr=config.lr, warp_lr=config.warp_lr,
                           warp_every=config.warp_every, clip=config.clip)

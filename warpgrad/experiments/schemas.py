@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 """The accelerator's precisions (``warpgrad.accel.PRECISIONS``)."""
-AGENTS: tuple[str, ...] = ("warp", "l2rl")
+AGENTS: tuple[str, ...] = ("warp", "warp-recurrence", "l2rl")
 """The maze agents (``warpgrad.rl.AGENTS``)."""
 DATASETS = ("glyphs", "omniglot", "mini-imagenet", "tiered-imagenet", "folder")
 PROTOCOLS = ("multishot", "fewshot")
@@ -414,7 +414,8 @@ class MazeConfig:
 
     Environment: ``num_envs`` mazes of side ``maze_size`` (odd, at least 5), episodes of
     ``episode_length`` steps, ``reward_value`` for the reward cell, ``wall_penalty`` per
-    bump. Agent: ``method`` (``"warp"`` or ``"l2rl"``), LSTM ``hidden_size``. Training:
+    bump. Agent: ``method`` (``"warp"``, ``"warp-recurrence"`` or ``"l2rl"``), LSTM
+    ``hidden_size``, the warp agent's projection width ``warp_hidden``. Training:
     ``episodes`` A2C updates, Adam ``lr`` (θ) and ``warp_lr`` (φ, every ``warp_every``
     episodes), ``discount``, ``entropy_coef``, ``value_coef``, gradient ``clip``. The random
     policy is scored over ``random_episodes`` episodes; ``final_window`` episodes at the end
@@ -422,7 +423,7 @@ class MazeConfig:
     """
 
     method: str = "warp"
-    """the agent: warp (LSTM with a warp layer on its recurrence) or l2rl (plain LSTM)"""
+    """agent: warp (paper's adaptive LSTM), warp-recurrence (warped recurrence), l2rl (LSTM)"""
     episodes: int = 1000
     """training episodes, one A2C update after each"""
     maze_size: int = 9
@@ -433,6 +434,8 @@ class MazeConfig:
     """mazes played together, each with its own hidden reward cell"""
     hidden_size: int = 100
     """LSTM hidden units"""
+    warp_hidden: int = 32
+    """warp: width of the adaptive LSTM's projection, which drives the gates' modulations"""
     lr: float = 1e-3
     """Adam learning rate of the task parameters θ (every episode)"""
     warp_lr: float = 1e-3
@@ -466,8 +469,8 @@ class MazeConfig:
         if self.maze_size < 5 or self.maze_size % 2 == 0:
             raise ValueError(f"maze_size must be an odd number, at least 5; got "
                              f"{self.maze_size}")
-        for name in ("episodes", "episode_length", "num_envs", "hidden_size", "warp_every",
-                     "random_episodes", "final_window", "checkpoint_every"):
+        for name in ("episodes", "episode_length", "num_envs", "hidden_size", "warp_hidden",
+                     "warp_every", "random_episodes", "final_window", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "warp_lr", "clip", "reward_value"):

@@ -3,7 +3,10 @@
 - :func:`conv4`: four conv blocks with a warp layer after each (Omniglot: 64 filters, 28x28;
   mini/tieredImageNet: 128 filters, 84x84); the classifier head is not warped.
 - :func:`mlp`: a ReLU MLP with a warp after each hidden layer (sine regression).
-- :func:`warped_lstm`: an LSTM whose recurrence runs through a warp layer (maze RL).
+- :func:`warped_lstm`: an LSTM whose recurrence runs through a warp layer.
+- :func:`adaptive_lstm`: an adaptive LSTM in the style of a hypernetwork, whose small
+  projection and adaptation layers (the warp) modulate the gates' pre-activations (the
+  paper's maze agent).
 
 Batch-norm policy. By default task-layer batch norm uses per-batch statistics
 (``track_running_stats=False``): each task is normalised by its own data during adaptation
@@ -115,6 +118,24 @@ def mlp(
     return WarpedModel(nn.Sequential(layers), warps)
 
 
+def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The LSTM cell update from the gates' pre-activations ``[B, 4H]`` (input, forget,
+    candidate, output, in that order) and the cell ``c [B, H]``; returns the new ``(h, c)``."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def initial_state(x: Tensor, state: tuple[Tensor, Tensor] | None, hidden_size: int
+                  ) -> tuple[Tensor, Tensor]:
+    """``state`` or, when it is ``None`` (the start of a sequence), zeros ``(h, c)`` each
+    ``[B, hidden_size]`` for the batch of ``x [T, B, ...]``."""
+    if state is not None:
+        return state
+    zeros = x.new_zeros(x.shape[1], hidden_size)
+    return zeros, zeros
+
+
 class WarpedLSTM(nn.Module):
     """An LSTM whose recurrent input ``h_{t-1}`` passes through a warp layer.
 
@@ -139,17 +160,11 @@ class WarpedLSTM(nn.Module):
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        if state is None:
-            zeros = x.new_zeros(x.shape[1], self.hidden_size)
-            state = (zeros, zeros)
-        h, c = state
+        h, c = initial_state(x, state, self.hidden_size)
         projected = self.input_map(x)  # all time steps at once: [T, B, 4H]
         outputs = []
         for t in range(x.shape[0]):
-            gates = projected[t] + self.recurrent_map(self.warp(h))
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            h, c = lstm_update(projected[t] + self.recurrent_map(self.warp(h)), c)
             outputs.append(h)
         return self.head(torch.stack(outputs)), (h, c)
 
@@ -161,3 +176,63 @@ def warped_lstm(input_size: int, output_size: int, *, hidden_size: int = 100,
     :class:`WarpedLSTM`; the warp on the recurrence is φ, everything else θ."""
     net = WarpedLSTM(input_size, hidden_size, output_size, warp, warp_depth, warp_activation)
     return WarpedModel(net, [] if warp is None else ["warp"])
+
+
+class AdaptiveLSTM(nn.Module):
+    """An adaptive LSTM in the style of a hypernetwork (HyperLSTM, Ha et al. 2016): a small
+    network of the step's input and previous hidden state rescales, unit by unit, the
+    gates' pre-activations.
+
+    z_t = tanh(P_x x_t + P_h h_{t-1} + p) (``projection``, width ``adapt_size``),
+    [d_x, d_h] = 1 + A z_t + a (``adaptation``, each ``[B, 4H]``),
+    gates_t = d_h ⊙ (W_h h_{t-1}) + d_x ⊙ (W_x x_t) + b, then the usual LSTM update.
+
+    ``projection`` and ``adaptation`` are the warp (φ); W_x, b (``input_map``), W_h
+    (``recurrent_map``) and the output ``head`` are the task parameters (θ), named as in a
+    plain :class:`WarpedLSTM`, so a θ of one loads into the other. The adaptation layer
+    starts at zero, so every modulation starts at exactly 1 and the cell at initialisation
+    computes the plain LSTM of its θ. Forward takes ``x [T, B, input_size]`` and an optional
+    state ``(h, c)`` each ``[B, hidden_size]``, and returns ``(y [T, B, output_size], (h, c))``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int,
+                 adapt_size: int = 32) -> None:
+        super().__init__()
+        if adapt_size < 1:
+            raise ValueError(f"adapt_size must be at least 1, got {adapt_size}")
+        self.hidden_size = hidden_size
+        # θ first, in the plain LSTM's order: under one seed both draw the same θ
+        self.input_map = nn.Linear(input_size, 4 * hidden_size)
+        self.recurrent_map = nn.Linear(hidden_size, 4 * hidden_size, bias=False)
+        self.head = nn.Linear(hidden_size, output_size)
+        self.projection = nn.ModuleDict({
+            "input": nn.Linear(input_size, adapt_size),
+            "hidden": nn.Linear(hidden_size, adapt_size, bias=False),
+        })
+        self.adaptation = nn.Linear(adapt_size, 8 * hidden_size)
+        nn.init.zeros_(self.adaptation.weight)
+        nn.init.zeros_(self.adaptation.bias)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        h, c = initial_state(x, state, self.hidden_size)
+        # the input's parts of the gates and of the projection, all time steps at once
+        # (the bias is left out of d_x's reach: it is added unmodulated)
+        input_gates = nn.functional.linear(x, self.input_map.weight)  # [T, B, 4H]
+        input_projection = self.projection["input"](x)  # [T, B, adapt_size]
+        outputs = []
+        for t in range(x.shape[0]):
+            z = torch.tanh(input_projection[t] + self.projection["hidden"](h))
+            d_x, d_h = (1 + self.adaptation(z)).chunk(2, dim=-1)
+            gates = d_h * self.recurrent_map(h) + d_x * input_gates[t] + self.input_map.bias
+            h, c = lstm_update(gates, c)
+            outputs.append(h)
+        return self.head(torch.stack(outputs)), (h, c)
+
+
+def adaptive_lstm(input_size: int, output_size: int, *, hidden_size: int = 100,
+                  adapt_size: int = 32) -> WarpedModel:
+    """The paper's warped recurrent learner for RL (hidden 100 in the maze experiment), see
+    :class:`AdaptiveLSTM`: the projection and adaptation layers are φ, everything else θ."""
+    net = AdaptiveLSTM(input_size, hidden_size, output_size, adapt_size)
+    return WarpedModel(net, ["projection", "adaptation"])

@@ -1,17 +1,26 @@
-"""The maze agents: one recurrent policy, two ways of training it.
+"""The maze agents: recurrent policies, trained on one or two time-scales.
 
-Both agents are :func:`~warpgrad.models.warped_lstm` policies (hidden 100 in the paper)
-whose head outputs A action logits and one value. The LSTM state is reset at the start of
-every episode, so what the agent learns about this episode's reward cell lives in its
-recurrent state (learning to reinforcement-learn).
+Every agent is an LSTM policy (hidden 100 in the paper) whose head outputs A action logits
+and one value. The LSTM state is reset at the start of every episode, so what the agent
+learns about this episode's reward cell lives in its recurrent state (learning to
+reinforcement-learn).
 
-- ``"l2rl"`` (the baseline, learning-to-RL): the plain LSTM; every parameter is updated by
-  Adam after every episode.
-- ``"warp"`` (the warped agent): the LSTM's recurrence runs through a warp layer
-  (``gates = W_x x + W_h ω(h) + b``). Two time-scales, as in the paper: the task parameters θ
-  (everything but the warp) take an Adam step after every episode; the warp parameters φ
-  accumulate their gradients over ``warp_every`` episodes (30 in the original) and then take
-  one Adam step on the mean.
+- ``"l2rl"`` (the baseline, learning-to-RL): the plain LSTM
+  (:func:`~warpgrad.models.warped_lstm` without a warp); every parameter is updated by Adam
+  after every episode.
+- ``"warp"`` (the paper's warped agent): the adaptive LSTM
+  (:func:`~warpgrad.models.adaptive_lstm`), in which a small projection of the step's input
+  and previous hidden state (width ``warp_hidden``) drives adaptation layers that rescale
+  the gates' input and recurrent pre-activations unit by unit. The projection and
+  adaptation layers are the warp parameters φ; the LSTM's weights and the head are the task
+  parameters θ.
+- ``"warp-recurrence"`` (a variant): the LSTM's recurrence runs through a linear warp layer
+  (``gates = W_x x + W_h ω(h) + b``, :func:`~warpgrad.models.warped_lstm`), ω being φ.
+
+Both warped agents start as the plain LSTM of their θ (the adaptation starts at zero, the
+warp layer at the identity) and learn on two time-scales, as in the paper: θ takes an Adam
+step after every episode; φ accumulates its gradient over ``warp_every`` episodes (30 in
+the original) and then takes one Adam step on the mean.
 
 Gradients are clipped to norm ``clip`` (4) before every step, θ's and φ's separately.
 """
@@ -24,27 +33,34 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from warpgrad.models import WarpedModel, warped_lstm
+from warpgrad.models import WarpedModel, adaptive_lstm, warped_lstm
 from warpgrad.rl.a2c import A2C, Rollout
 from warpgrad.rl.maze import NUM_ACTIONS, OBSERVATION_SIZE, MazeEnv
 
-AgentKind = Literal["warp", "l2rl"]
-AGENTS: tuple[str, ...] = ("warp", "l2rl")
+AgentKind = Literal["warp", "warp-recurrence", "l2rl"]
+AGENTS: tuple[str, ...] = ("warp", "warp-recurrence", "l2rl")
 State = tuple[Tensor, Tensor]
 
 
-def make_policy(kind: AgentKind, hidden_size: int = 100, *,
+def make_policy(kind: AgentKind, hidden_size: int = 100, *, warp_hidden: int = 32,
                 input_size: int = OBSERVATION_SIZE, num_actions: int = NUM_ACTIONS
                 ) -> WarpedModel:
     """The recurrent policy of ``kind``: ``[T, B, input_size]`` observations to
-    ``[T, B, num_actions + 1]`` (logits, then the value). The warp starts at the identity,
-    so both kinds start as the same function class."""
+    ``[T, B, num_actions + 1]`` (logits, then the value). ``warp_hidden`` is the width of
+    the ``"warp"`` agent's projection (unused by the others). ``"warp"`` draws its θ before
+    its φ and in ``"l2rl"``'s order, so under one seed the two start as the same function;
+    ``"warp-recurrence"`` starts as the plain LSTM of its own θ."""
     if kind not in AGENTS:
         raise ValueError(f"unknown agent {kind!r}; expected one of {list(AGENTS)}")
     if hidden_size < 1:
         raise ValueError(f"hidden_size must be at least 1, got {hidden_size}")
+    if warp_hidden < 1:
+        raise ValueError(f"warp_hidden must be at least 1, got {warp_hidden}")
+    if kind == "warp":
+        return adaptive_lstm(input_size, num_actions + 1, hidden_size=hidden_size,
+                             adapt_size=warp_hidden)
     return warped_lstm(input_size, num_actions + 1, hidden_size=hidden_size,
-                       warp="linear" if kind == "warp" else None)
+                       warp="linear" if kind == "warp-recurrence" else None)
 
 
 def act(policy: WarpedModel, observation: Tensor, state: State | None
