@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 
@@ -70,12 +71,19 @@ def _one_line_warning(message: Warning | str, category: type, filename: str, lin
     return f"warning: {message}\n"
 
 
-def _accelerate_process(config: object) -> None:
-    """The accelerator's one process-wide setting, where the run uses the accelerator."""
+def _accelerate_process(config: object, threads: int | None) -> None:
+    """The accelerator's process-wide settings, where the run uses the accelerator: the
+    tuned allocator and, unless ``--threads`` fixed the count, threads that follow the
+    cores other processes leave free."""
     if getattr(config, "accelerate", False):
-        from warpgrad.accel import tune_allocator
+        from warpgrad.accel import follow_free_cores, tune_allocator
 
         tune_allocator()
+        if threads is None and getattr(config, "device", "cpu") == "cpu" and \
+                follow_free_cores():
+            from warpgrad.accel.threads import stop_following
+
+            click.get_current_context().call_on_close(stop_following)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -147,7 +155,7 @@ def train(experiment: str | None, overrides: tuple[str, ...], method: str | None
         raise ConfigError("device 'cuda' requested but CUDA is not available here; use cpu")
     if threads is not None:
         torch.set_num_threads(threads)
-    _accelerate_process(config)
+    _accelerate_process(config, threads)
     from warpgrad import distributed
 
     _join_processes(kind, config)
@@ -195,7 +203,7 @@ def evaluate(run_dir: Path, checkpoint: str, tasks: int | None, force: bool,
     evaluation-tasks5.json, evaluation-best-tasks5.json for the other choices: nothing the
     run wrote is replaced, and an earlier evaluation file only with --force.
     """
-    _accelerate_process(registry.load_run(run_dir)[2])
+    _accelerate_process(registry.load_run(run_dir)[2], None)
     kind, summary = registry.evaluate_run(run_dir, eval_tasks=tasks, progress=not no_progress,
                                           checkpoint=checkpoint, force=force)
     click.echo(registry.KINDS[kind].table(summary))
@@ -285,6 +293,8 @@ def reproduce(claims: tuple[str, ...], seeds: int, scale: str, out: Path | None,
         click.echo(f"{'total':<10} ~{total:>4.0f} min  (--scale cpu, {seeds} seeds, 2-core CPU)")
         return
     out = out or Path("runs") / f"reproduce-{scale}"
+    # the suite's runs use the accelerator (the experiments' default)
+    _accelerate_process(SimpleNamespace(accelerate=True, device=device or "cpu"), None)
     report = suite.run_suite(chosen, seeds=seeds, scale=scale, out=out, data_root=data_root,
                              device=device, progress=not no_progress,
                              log=lambda line: click.echo(line, err=True))

@@ -26,10 +26,11 @@ from warpgrad.accel.blocks import ConvBlock, is_conv_block
 from warpgrad.accel.conv import Conv2d
 from warpgrad.accel.norm import BatchNorm2d
 from warpgrad.accel.pool import MaxPool2d
+from warpgrad.accel.threads import follow_free_cores
 from warpgrad.models import batch_norm
 from warpgrad.models.warped import WarpedModel
 
-__all__ = ["PRECISIONS", "AcceleratedBackend", "convert", "tune_allocator"]
+__all__ = ["PRECISIONS", "AcceleratedBackend", "convert", "follow_free_cores", "tune_allocator"]
 
 
 def convert(model: WarpedModel, *, precision: Precision = "fp32", cuda_graphs: bool = False,

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from warpgrad.accel import optim, prefetch
+from warpgrad.accel import optim, prefetch, threads
 from warpgrad.accel.autograd import func_grad
 from warpgrad.accel.cuda_graphs import GraphCache, reads_of
 from warpgrad.accel.scopes import ARGMAX_ONLY, META_BACKWARD_BF16, SECOND_ORDER
@@ -117,6 +117,7 @@ class AcceleratedBackend(Backend):
                         phi: Mapping[str, Tensor] | None = None,
                         buffers: dict[str, Tensor] | None = None, create_graph: bool = False,
                         keep_grad_graph: bool = False, warp_step: bool = False) -> Step:
+        threads.apply()
         twice = create_graph or keep_grad_graph
         if self.graphs is not None:
             # a graph replays fixed kernels: not for graphs kept for a second derivative, nor
@@ -188,6 +189,7 @@ class AcceleratedBackend(Backend):
 
     def backward(self, loss_of: Callable[..., Tensor], args: Sequence[Any],
                  inputs: Sequence[Tensor]) -> Tensor:
+        threads.apply()
         if self.graphs is None:
             return super().backward(loss_of, args, inputs)
         flat, spec = tree_flatten(list(args))
