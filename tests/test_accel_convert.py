@@ -373,3 +373,20 @@ def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_tied_parameters_stay_tied_under_the_accelerated_forward():
+    """The accelerated forward skips functional_call's untying walk only for modules without
+    ties: a layer used twice takes θ's values in both places, as on the reference core."""
+    torch.manual_seed(0)
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight  # (a module reached by two paths would hit pytorch#164759)
+    tied = WarpedModel(nn.Sequential(first, nn.Tanh(), second), warps=[])
+    untied = WarpedModel(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)), warps=[])
+    x = torch.randn(3, 4)
+    for model in (tied, untied):
+        theta = torch.randn(model.task_spec.numel)
+        reference = model(x, theta)
+        accel.convert(model)
+        assert torch.equal(model(x, theta), reference)
+        assert not torch.allclose(model(x), reference)  # θ was used, not the module's own

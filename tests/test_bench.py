@@ -537,3 +537,101 @@ def test_the_reference_switch_keeps_the_core_model(monkeypatch):
     assert host_ops.modes(replace(scale, reference=True)) == [host_ops.REFERENCE_MODE]
     with pytest.raises(ValueError, match="reference core"):
         bench.main("small", reference=True, precision="bf16")
+
+
+def test_protocols_figure_times_each_method_and_its_overhead(small):
+    results, out, _ = small
+    protocols = results["protocols"]
+    assert set(protocols) == {"scaled-multishot", "fewshot", "sine"}
+    assert set(protocols["scaled-multishot"]["methods"]) == {
+        "warp-leap-first-order", "warp-leap-exact", "leap"}
+    assert set(protocols["fewshot"]["methods"]) == {"warp-maml", "maml"}
+    assert set(protocols["sine"]["methods"]) == {"warp-leap", "leap"}
+    for name, entry in protocols.items():
+        warped = {m for m in entry["methods"] if m.startswith("warp-")}
+        assert set(entry["overhead"]) == warped, name  # a bare compute per warp method
+        for label, r in entry["overhead"].items():
+            assert r["bare_seconds"] > 0
+            assert r["ratio"] == pytest.approx(entry["methods"][label]["seconds"]
+                                               / r["bare_seconds"])
+        for r in entry["methods"].values():
+            assert 0 < r["min_seconds"] <= r["seconds"] and r["peak_rss_mb"] > 50
+    few = protocols["fewshot"]
+    assert few["ratio"] == pytest.approx(few["methods"]["warp-maml"]["seconds"]
+                                         / few["methods"]["maml"]["seconds"])
+    judged = {t["target"]: t for t in results["targets"]}
+    assert judged["few-shot Warp-MAML / MAML meta-iteration"]["value"] == few["ratio"]
+    assert judged["protocol sine overhead ratio (warp-leap)"]["met"] is None  # small scale
+    assert judged["scaled multi-shot leap meta-iteration seconds"]["met"] is None
+    text = (out / "bench.md").read_text()
+    assert "| protocol fewshot | warp-maml / maml |" in text
+
+
+def test_protocol_targets_are_judged_at_full_scale_from_the_data_file():
+    def entry(seconds, bare=None):
+        r = {"methods": {m: {"seconds": s} for m, s in seconds.items()}}
+        if bare:
+            r["overhead"] = {m: {"bare_seconds": b, "ratio": seconds[m] / b}
+                             for m, b in bare.items()}
+        return r
+
+    protocols = {
+        "scaled-multishot": entry({"warp-leap-first-order": 4.0, "warp-leap-exact": 9.0,
+                                   "leap": 2.0}, {"warp-leap-first-order": 3.9,
+                                                  "warp-leap-exact": 7.0}),
+        "fewshot": {**entry({"warp-maml": 1.0, "maml": 0.25}, {"warp-maml": 1.0}),
+                    "ratio": 4.0},
+        "sine": entry({"warp-leap": 0.06, "leap": 0.02}, {"warp-leap": 0.05}),
+    }
+    results = {"scale": {"name": "full", "device": "cpu"}, "protocols": protocols}
+    judged = {t["target"]: t for t in bench.check_targets(results)}
+    limits = bench.load_targets()["targets"]["protocol_seconds"]["value"]
+    assert judged["scaled multi-shot warp-leap-first-order meta-iteration seconds"][
+        "limit"] == f"<= {limits['warp-leap-first-order']} s"
+    assert judged["scaled multi-shot warp-leap-first-order meta-iteration seconds"]["met"]
+    assert judged["scaled multi-shot warp-leap-exact meta-iteration seconds"]["met"] is False
+    assert judged["scaled multi-shot leap meta-iteration seconds"]["met"] is True
+    assert judged["few-shot Warp-MAML / MAML meta-iteration"]["met"] is False
+    overhead = {k: t["met"] for k, t in judged.items() if "overhead" in k}
+    assert overhead == {
+        "protocol scaled-multishot overhead ratio (warp-leap-first-order)": True,
+        "protocol scaled-multishot overhead ratio (warp-leap-exact)": False,  # 9 / 7
+        "protocol fewshot overhead ratio (warp-maml)": True,
+        "protocol sine overhead ratio (warp-leap)": False}  # 0.06 / 0.05
+    on_gpu = {**results, "scale": {"name": "full", "device": "cuda"}}
+    assert not any("meta-iteration seconds" in t["target"]
+                   for t in bench.check_targets(on_gpu))  # the seconds are the CPU's
+
+
+@pytest.mark.parametrize("method,variant", [("warp-leap", "exact"), ("warp-maml", "exact"),
+                                            ("warp-leap", "first-order")])
+def test_protocol_bare_compute_makes_the_librarys_warp_update(method, variant):
+    """The bare loop behind the protocols' overhead computes what the library does: with
+    one φ update over every point (so the points' order does not matter) and SGD as the
+    meta-optimiser, φ after a sine meta-iteration is the library's."""
+    from warpgrad.bench import protocols
+    from warpgrad.experiments import registry
+
+    tasks, steps = 3, 4
+    kind, config = registry.load_experiment(
+        "sine", [f"meta_batch={tasks}", f"steps={steps}", f"warp_variant={variant}",
+                 "meta_optimizer=sgd", "meta_lr=0.05", "inner_lr=0.05",
+                 f"points_per_update={tasks * (steps + 1)}"], methods=[method])
+    experiment = registry.KINDS[kind].experiment(config, "sine")
+    learner = experiment.build_learner(method)
+    model = learner.model
+    theta = [p.detach().clone() for p in model.task_parameters().values()]
+    phi = [p.detach().clone() for p in model.warp_parameters().values()]
+    batch = experiment.sample_meta_batch(torch.Generator().manual_seed(3))
+    pairs = [(t.train_batch(None), t.meta_batch(None)) for t in batch]
+    spec = protocols.BareSpec(steps=steps, inner_lr=0.05, variant=variant,
+                              maml=method == "warp-maml",
+                              points_per_update=tasks * (steps + 1))
+    bare = protocols.bare_meta_iteration(protocols._mlp_forward, torch.nn.functional.mse_loss,
+                                         theta, phi, pairs, spec)
+    learner.meta_step(batch)
+    library = list(model.warp_parameters().values())
+    moved = max((a - b).abs().max().item() for a, b in zip(library, phi))
+    assert moved > 1e-3  # φ moved, so the comparison below is not of two copies of φ_0
+    for ours, theirs in zip(bare, library):
+        assert torch.allclose(ours, theirs.detach(), atol=1e-5, rtol=1e-4)

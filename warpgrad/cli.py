@@ -425,7 +425,7 @@ def data_contact_sheet(out: Path, overrides: tuple[str, ...], experiment: str,
               help="tasks of the meta-batch actually run (default: 1 at full scale, all at small)")
 @click.option("--only", help="comma-separated figures to run: meta_iteration, overhead, "
               "memory_vs_steps, warped_step, batched_objective, switches, online, host_ops, "
-              "convolutions (default: all of these), training (only when named: whole "
+              "convolutions, protocols (default: all of these), training (only when named: whole "
               "meta-batches, one point per warp update or points batched), scale_out (only "
               "when named: 1 and 2 processes on torch.distributed)")
 @click.option("--reference", is_flag=True, default=False,

@@ -21,6 +21,7 @@ What it changes, operation by operation (figures in docs/performance.md):
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from functools import partial
@@ -91,10 +92,19 @@ class AcceleratedBackend(Backend):
     def forward(self, module: nn.Module, params: dict[str, Tensor],
                 buffers: dict[str, Tensor], x: Tensor, *args: Any) -> Any:
         if self.precision == "fp32" or self._float32:
-            return super().forward(module, params, buffers, x, *args)
+            return self._call(module, params, buffers, x, *args)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            out = super().forward(module, params, buffers, x, *args)
+            out = self._call(module, params, buffers, x, *args)
         return _to_float32(out)
+
+    def _call(self, module: nn.Module, params: dict[str, Tensor],
+              buffers: dict[str, Tensor], x: Tensor, *args: Any) -> Any:
+        # untying walks every submodule on every call; a module without tied tensors (the
+        # built-in learners) needs none of it (a small network's forward is mostly this walk)
+        if _has_ties(module):
+            return super().forward(module, params, buffers, x, *args)
+        return torch.func.functional_call(module, (params, buffers), (x, *args), strict=False,
+                                          tie_weights=False)
 
     @contextmanager
     def full_precision(self) -> Iterator[None]:
@@ -277,3 +287,16 @@ def _to_float32(value: object) -> object:
     if isinstance(value, (tuple, list)):
         return type(value)(_to_float32(v) for v in value)
     return value
+
+
+_TIES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _has_ties(module: nn.Module) -> bool:
+    """Whether a parameter or buffer of ``module`` is reachable under two names (checked
+    once per module: the converted layers never tie)."""
+    if module not in _TIES:
+        counts = [(len(list(named(remove_duplicate=False))), len(list(named())))
+                  for named in (module.named_parameters, module.named_buffers)]
+        _TIES[module] = any(every != unique for every, unique in counts)
+    return _TIES[module]

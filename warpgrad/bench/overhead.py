@@ -24,10 +24,11 @@ from warpgrad.bench import common
 from warpgrad.bench.common import INNER_LR, N_WAY, SWITCHES, Scale, build_tasks, case, measure
 
 
-def bare_params(filters: int, warped: bool) -> tuple[list[Tensor], list[Tensor]]:
+def bare_params(filters: int, warped: bool, n_way: int = N_WAY
+                ) -> tuple[list[Tensor], list[Tensor]]:
     """Conv4's parameters as plain tensors on the case's device: θ (per block conv weight
-    ``[filters, C_in, 3, 3]``, bias, BN scale and shift ``[filters]``; the head ``[20,
-    filters]`` and ``[20]``) and the warps' φ (identity-initialised 3x3 convs
+    ``[filters, C_in, 3, 3]``, bias, BN scale and shift ``[filters]``; the head ``[n_way,
+    filters]`` and ``[n_way]``) and the warps' φ (identity-initialised 3x3 convs
     ``[filters, filters, 3, 3]`` and their biases)."""
     g = torch.Generator().manual_seed(0)
     theta: list[Tensor] = []
@@ -41,7 +42,7 @@ def bare_params(filters: int, warped: bool) -> tuple[list[Tensor], list[Tensor]]
             eye[torch.arange(filters), torch.arange(filters), 1, 1] = 1.0
             warps += [eye, torch.zeros(filters)]
         channels = filters
-    theta += [torch.randn(N_WAY, filters, generator=g) * 0.1, torch.zeros(N_WAY)]
+    theta += [torch.randn(n_way, filters, generator=g) * 0.1, torch.zeros(n_way)]
     device = SWITCHES["device"]
     return [t.to(device) for t in theta], [w.to(device) for w in warps]
 
@@ -126,7 +127,7 @@ def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
     exact = variant == "exact"
     for point in points:
         theta = [t.detach().requires_grad_() for t in point]
-        with _second_order() if exact else nullcontext():
+        with second_order() if exact else nullcontext():
             inner = F.cross_entropy(bare_forward(theta, phi if exact else warps, x, True), y)
             grads = torch.autograd.grad(inner, theta, create_graph=exact)
         stepped = [t - INNER_LR * d for t, d in zip(theta, grads)]
@@ -137,7 +138,7 @@ def bare_meta_iteration(tasks: int, steps: int, batch_size: int, filters: int,
                 p.sub_(INNER_LR * d)
 
 
-def _second_order() -> Any:
+def second_order() -> Any:
     """The scope the accelerator opens for a pass whose gradient is differentiated again
     (nothing on the reference core)."""
     if SWITCHES["reference"]:

@@ -34,6 +34,14 @@ def rows(results: dict[str, Any]) -> list[Row]:
         out.append(("bare compute", case, f"{r['bare_seconds']:.2f}", "s"))
         out.append(("overhead ratio", case, f"{r['ratio']:.3f}", "x"))
     out += _memory_rows(results.get("memory_vs_steps", {}).get("cases", {}))
+    for name, entry in results.get("protocols", {}).items():
+        for method, r in entry["methods"].items():
+            out.append((f"protocol {name}", method, f"{r['seconds']:.3f}", "s"))
+        for variant, r in entry.get("overhead", {}).items():
+            out.append((f"protocol {name}", f"overhead ratio ({variant})", f"{r['ratio']:.3f}",
+                        "x"))
+        if "ratio" in entry:
+            out.append((f"protocol {name}", "warp-maml / maml", f"{entry['ratio']:.2f}", "x"))
     if "warped_step" in results:
         r = results["warped_step"]
         out.append(("adaptation step", "warped", f"{r['warped_ms']:.2f}", "ms"))

@@ -17,6 +17,7 @@ from warpgrad.bench import (
     memory,
     meta_iteration,
     overhead,
+    protocols,
     scale_out,
     steps,
     switches,
@@ -45,6 +46,7 @@ FIGURES: dict[str, Figure] = {
     "switches": switches.switches,
     "online": switches.online,
     "scale_out": scale_out.figure,
+    "protocols": protocols.figure,
 }
 """The figures after figure 1 (``meta_iteration``), in the order they run; each takes the
 scale, the log and figure 1's entries measured in this run (figures 2 and 10 use them)."""
@@ -59,7 +61,7 @@ class Suite:
 
     sections: tuple[str, ...] = ("meta_iteration", "overhead", "memory_vs_steps", "warped_step",
                                  "batched_objective", "switches", "online", "host_ops",
-                                 "convolutions")
+                                 "convolutions", "protocols")
     log: Callable[[str], None] = field(default=lambda s: None)
 
 

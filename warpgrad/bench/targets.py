@@ -123,7 +123,38 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"warp-leap-{variant} meta-iteration seconds, fastest switches ({settings})",
             rung["seconds"], seconds.text(), seconds.met(rung["seconds"]) if judge_cpu else None)
     targets += _memory_targets(results.get("memory_vs_steps", {}).get("cases", {}), gpu, full)
+    targets += _protocol_targets(results.get("protocols", {}), gpu, full)
     return targets
+
+
+def _protocol_targets(protocols: dict[str, Any], gpu: bool, full: bool
+                      ) -> list[dict[str, Any]]:
+    """Figure 12's: each protocol's overhead per warp method, the scaled multi-shot
+    protocol's seconds per method, the few-shot ratio."""
+    if not protocols:
+        return []
+    out = []
+    overhead = _target("overhead_ratio")
+    for name, entry in protocols.items():
+        for label, r in entry.get("overhead", {}).items():
+            out.append({"target": f"protocol {name} overhead ratio ({label})",
+                        "value": r["ratio"], "limit": overhead.text(),
+                        "met": overhead.met(r["ratio"]) if full else None})
+    scaled = protocols.get("scaled-multishot", {})
+    judge = _judged("protocol_seconds", full) and not gpu
+    for method in load_targets()["targets"]["protocol_seconds"]["value"]:
+        r = scaled.get("methods", {}).get(method)
+        if r is not None and not gpu:
+            limit = _target("protocol_seconds", method)
+            out.append({"target": f"scaled multi-shot {method} meta-iteration seconds",
+                        "value": r["seconds"], "limit": limit.text(),
+                        "met": limit.met(r["seconds"]) if judge else None})
+    if "ratio" in protocols.get("fewshot", {}):
+        ratio, limit = protocols["fewshot"]["ratio"], _target("fewshot_ratio")
+        out.append({"target": "few-shot Warp-MAML / MAML meta-iteration", "value": ratio,
+                    "limit": limit.text(),
+                    "met": limit.met(ratio) if _judged("fewshot_ratio", full) else None})
+    return out
 
 
 def _memory_targets(sweep: dict[str, Any], gpu: bool, full: bool) -> list[dict[str, Any]]:
