@@ -104,8 +104,8 @@ def _accelerate_process(config: object, threads: int | None) -> None:
               help="print the resolved config (every overridable field, with what it means) "
               "and exit")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads for PyTorch (default: PyTorch's choice; 1 is fastest for small "
-              "models on a busy machine)")
+              help="CPU threads for PyTorch, fixed (default: as many as the cores other "
+              "processes leave free, followed as the load changes)")
 @click.option("--no-progress", is_flag=True, help="hide progress bars")
 @_user_errors
 def train(experiment: str | None, overrides: tuple[str, ...], method: str | None,

@@ -3,9 +3,9 @@
 PyTorch's CPU kernels run on OpenMP threads that spin while they wait for each other. When
 another process takes one of two cores, every parallel region waits for the thread that
 shares a core with it, and a Conv4 meta-iteration at batch 32 runs many times slower, not
-twice (docs/performance.md, "A busy machine"). No fixed setting suits both cases: one
-thread is slower on an idle machine, and passive waiting (``OMP_WAIT_POLICY=PASSIVE``) is
-slower on both.
+twice (docs/performance.md, "Threads that follow the free cores"). No fixed setting suits
+both cases: one thread is slower on an idle machine, and passive waiting
+(``OMP_WAIT_POLICY=PASSIVE``) is slower on both.
 
 :func:`follow_free_cores` starts a daemon thread that samples the machine's CPU time
 (``/proc/stat``) against this process's own (``/proc/self/stat``) about twice a second
