@@ -375,12 +375,32 @@ def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off():
     assert out == "False"
 
 
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_a_layer_used_twice_takes_theta_in_both_places_and_is_left_unchanged(accelerated):
+    """A submodule reached by two paths: θ's values are used in both, and the module's own
+    parameters are the same afterwards (PyTorch's tied-weight swap alone would leave θ in
+    the module: pytorch/pytorch#164759)."""
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    model = WarpedModel(nn.Sequential(shared, nn.Tanh(), shared), warps=[])
+    if accelerated:
+        accel.convert(model)
+    own = shared.weight.detach().clone()
+    x, theta = torch.randn(3, 4), torch.randn(model.task_spec.numel)
+    weight, bias = theta[:16].view(4, 4), theta[16:]
+    expected = F.linear(torch.tanh(F.linear(x, weight, bias)), weight, bias)
+    for _ in range(2):
+        assert torch.allclose(model(x, theta), expected, atol=1e-6)
+        assert torch.equal(shared.weight.detach(), own)
+    assert torch.allclose(model(x), shared(torch.tanh(shared(x))), atol=1e-6)
+
+
 def test_tied_parameters_stay_tied_under_the_accelerated_forward():
-    """The accelerated forward skips functional_call's untying walk only for modules without
-    ties: a layer used twice takes θ's values in both places, as on the reference core."""
+    """One parameter held by two layers: θ's value is used in both, on the reference core
+    and through the accelerator's remembered ties alike."""
     torch.manual_seed(0)
     first, second = nn.Linear(4, 4), nn.Linear(4, 4)
-    second.weight = first.weight  # (a module reached by two paths would hit pytorch#164759)
+    second.weight = first.weight
     tied = WarpedModel(nn.Sequential(first, nn.Tanh(), second), warps=[])
     untied = WarpedModel(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)), warps=[])
     x = torch.randn(3, 4)

@@ -36,7 +36,14 @@ from warpgrad.accel.autograd import func_grad
 from warpgrad.accel.cuda_graphs import GraphCache, reads_of
 from warpgrad.accel.scopes import ARGMAX_ONLY, META_BACKWARD_BF16, SECOND_ORDER
 from warpgrad.accel.transforms import in_any_transform
-from warpgrad.engine.backend import Backend, LossFn, Step, WarpBatches
+from warpgrad.engine.backend import (
+    Backend,
+    LossFn,
+    Step,
+    WarpBatches,
+    call_with,
+    tensor_aliases,
+)
 from warpgrad.engine.inner_sgd import InnerSGD
 from warpgrad.models.warped import WarpedModel
 from warpgrad.tasks.base import Batch, Task
@@ -99,12 +106,11 @@ class AcceleratedBackend(Backend):
 
     def _call(self, module: nn.Module, params: dict[str, Tensor],
               buffers: dict[str, Tensor], x: Tensor, *args: Any) -> Any:
-        # untying walks every submodule on every call; a module without tied tensors (the
-        # built-in learners) needs none of it (a small network's forward is mostly this walk)
-        if _has_ties(module):
-            return super().forward(module, params, buffers, x, *args)
-        return torch.func.functional_call(module, (params, buffers), (x, *args), strict=False,
-                                          tie_weights=False)
+        # the reference finds the module's tied tensors on every call, a walk over every
+        # submodule that is most of a small network's forward; the layout does not change
+        if module not in _ALIASES:
+            _ALIASES[module] = tensor_aliases(module)
+        return call_with(module, params, buffers, (x, *args), _ALIASES[module])
 
     @contextmanager
     def full_precision(self) -> Iterator[None]:
@@ -289,14 +295,7 @@ def _to_float32(value: object) -> object:
     return value
 
 
-_TIES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
-
-
-def _has_ties(module: nn.Module) -> bool:
-    """Whether a parameter or buffer of ``module`` is reachable under two names (checked
-    once per module: the converted layers never tie)."""
-    if module not in _TIES:
-        counts = [(len(list(named(remove_duplicate=False))), len(list(named())))
-                  for named in (module.named_parameters, module.named_buffers)]
-        _TIES[module] = any(every != unique for every, unique in counts)
-    return _TIES[module]
+_ALIASES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary())
+"""Each converted module's tied tensors (:func:`~warpgrad.engine.backend.tensor_aliases`),
+found at its first forward."""

@@ -67,8 +67,9 @@ class Backend:
     def forward(self, module: nn.Module, params: dict[str, Tensor],
                 buffers: dict[str, Tensor], x: Tensor, *args: Any) -> Any:
         """``module(x, *args)`` with its parameters and buffers replaced by ``params`` and
-        ``buffers``, without mutating it."""
-        return functional_call(module, (params, buffers), (x, *args), strict=False)
+        ``buffers``, without mutating it. A tensor the module holds under several names
+        (tied weights) takes the value given under its first name in all of them."""
+        return call_with(module, params, buffers, (x, *args), tensor_aliases(module))
 
     def adaptation_step(
         self,
@@ -157,3 +158,32 @@ class Backend:
 
 REFERENCE = Backend()
 """The reference backend every model starts with."""
+
+
+def tensor_aliases(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """For each parameter or buffer that ``module`` holds in more than one place, its first
+    name (the one ``named_parameters()`` gives) and the names of its other places. A
+    submodule reached by two paths is one place: replacing a place twice would leave the
+    module holding the replacement after the call (pytorch/pytorch#164759)."""
+    aliases: dict[str, tuple[str, ...]] = {}
+    for named in (module.named_parameters, module.named_buffers):
+        places: dict[int, dict[tuple[int, str], str]] = {}
+        for name, tensor in named(remove_duplicate=False):
+            owner, _, attr = name.rpartition(".")
+            place = (id(module.get_submodule(owner)), attr)
+            places.setdefault(id(tensor), {}).setdefault(place, name)
+        for names in places.values():
+            if len(names) > 1:
+                first, *others = names.values()
+                aliases[first] = (first, *others)
+    return aliases
+
+
+def call_with(module: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor],
+              args: tuple[Any, ...], aliases: Mapping[str, tuple[str, ...]]) -> Any:
+    """``module(*args)`` with ``params`` and ``buffers`` (by first name) replacing its own
+    in every place ``aliases`` (:func:`tensor_aliases`) lists, each place once."""
+    if aliases:
+        params = {a: v for n, v in params.items() for a in aliases.get(n, (n,))}
+        buffers = {a: v for n, v in buffers.items() for a in aliases.get(n, (n,))}
+    return functional_call(module, (params, buffers), args, strict=False, tie_weights=False)
