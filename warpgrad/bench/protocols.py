@@ -1,8 +1,8 @@
 """Figure 12, ``protocols``: one meta-iteration of each method at the protocols people run,
 not only the paper's full multi-shot one (figure 1): seconds per meta-iteration, through
-the experiments' own builders (the command's data, models and learners), and for the
-scaled multi-shot protocol its overhead over the bare compute (figure 2's
-:func:`~warpgrad.bench.overhead.bare_meta_iteration` at its shapes).
+the experiments' own builders (the command's data, models and learners), and each warp
+method's overhead over the bare compute of the same passes (:func:`bare_meta_iteration`
+on the experiment's own batches).
 
 - ``scaled-multishot``: Conv4-64 with 3x3 conv warps, 20-way glyph alphabets, batch 32,
   K = 20, meta-batch 5, offline WarpGrad over every point, one point per φ update (the
@@ -223,29 +223,28 @@ def _mlp_forward(theta: list[Tensor], phi: list[Tensor], x: Tensor,
 
 
 def figure(scale: Scale, log: Callable[[str], None], meta: dict[str, Any]) -> dict[str, Any]:
-    """Per protocol: each method's ``seconds`` per meta-iteration (median of
-    ``reps``), ``min_seconds`` and ``peak_rss_mb``; for ``scaled-multishot`` also
-    ``overhead`` per variant (its ``bare_seconds`` and ``ratio``), for ``fewshot`` the
-    ``ratio`` of Warp-MAML over MAML; and the ``shapes`` each ran at."""
+    """Per protocol: its ``experiment``, ``reps`` and ``overrides``; each method's
+    ``seconds`` per meta-iteration (median of ``reps``), ``min_seconds`` and
+    ``peak_rss_mb``; ``overhead`` per warp method (its ``bare_seconds`` and ``ratio``); for
+    ``fewshot`` the ``ratio`` of Warp-MAML over MAML."""
     del meta
     reps = 3 if scale.name == "full" else 1
     out: dict[str, Any] = {}
     for name, protocol in PROTOCOLS.items():
         entry: dict[str, Any] = {"experiment": protocol.experiment, "reps": reps,
-                                 "overrides": _overrides(scale, protocol, ()), "methods": {}}
-        for label, _, _ in protocol.methods:
+                                 "overrides": _overrides(scale, protocol, ()), "methods": {},
+                                 "overhead": {}}
+        for label, method, _ in protocol.methods:
             log(f"protocol {name}: {label} ...")
-            entry["methods"][label] = common.run_case("protocol", scale, name, label, reps)
-            log(f"  {entry['methods'][label]['seconds']:.3f} s")
+            timed = common.run_case("protocol", scale, name, label, reps)
+            entry["methods"][label] = timed
+            log(f"  {timed['seconds']:.3f} s")
+            if method.startswith("warp-"):
+                bare = common.run_case("protocol_bare", scale, name, label)["seconds"]
+                ratio = timed["seconds"] / bare
+                entry["overhead"][label] = {"bare_seconds": bare, "ratio": ratio}
+                log(f"  bare compute {bare:.3f} s, ratio {ratio:.3f}")
         out[name] = entry
-    for name, entry in out.items():
-        entry["overhead"] = {}
-        for label in (m[0] for m in PROTOCOLS[name].methods if m[1].startswith("warp-")):
-            log(f"protocol {name}: bare compute of {label} ...")
-            bare = common.run_case("protocol_bare", scale, name, label)["seconds"]
-            seconds = entry["methods"][label]["seconds"]
-            entry["overhead"][label] = {"bare_seconds": bare, "ratio": seconds / bare}
-            log(f"  ratio {seconds / bare:.3f}")
     few = out["fewshot"]["methods"]
     out["fewshot"]["ratio"] = few["warp-maml"]["seconds"] / few["maml"]["seconds"]
     return out

@@ -131,8 +131,6 @@ def _protocol_targets(protocols: dict[str, Any], gpu: bool, full: bool
                       ) -> list[dict[str, Any]]:
     """Figure 12's: each protocol's overhead per warp method, the scaled multi-shot
     protocol's seconds per method, the few-shot ratio."""
-    if not protocols:
-        return []
     out = []
     overhead = _target("overhead_ratio")
     for name, entry in protocols.items():
@@ -141,7 +139,7 @@ def _protocol_targets(protocols: dict[str, Any], gpu: bool, full: bool
                         "value": r["ratio"], "limit": overhead.text(),
                         "met": overhead.met(r["ratio"]) if full else None})
     scaled = protocols.get("scaled-multishot", {})
-    judge = _judged("protocol_seconds", full) and not gpu
+    judge = _judged("protocol_seconds", full)
     for method in load_targets()["targets"]["protocol_seconds"]["value"]:
         r = scaled.get("methods", {}).get(method)
         if r is not None and not gpu:
