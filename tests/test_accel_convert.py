@@ -410,3 +410,59 @@ def test_tied_parameters_stay_tied_under_the_accelerated_forward():
         accel.convert(model)
         assert torch.equal(model(x, theta), reference)
         assert not torch.allclose(model(x), reference)  # θ was used, not the module's own
+
+
+def _sequential_with_buffer() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    model[2].register_buffer("shift", torch.randn(2))
+    model[2].register_forward_hook(lambda mod, inputs, out: out + mod.shift)
+    return model
+
+
+def test_the_accelerated_call_in_place_of_functional_call():
+    """The accelerator's forward with given tensors equals ``functional_call``'s, first
+    call and later ones, and leaves the module's own tensors in place."""
+    module = _sequential_with_buffer()
+    backend = AcceleratedBackend()
+    own = {n: t.detach().clone() for n, t in [*module.named_parameters(),
+                                               *module.named_buffers()]}
+    x = torch.randn(3, 4)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        params = {n: torch.randn(p.shape, generator=g) for n, p in module.named_parameters()}
+        buffers = {"2.shift": torch.randn(2, generator=g)}
+        expected = torch.func.functional_call(module, (params, buffers), (x,))
+        assert torch.equal(backend.forward(module, params, buffers, x), expected)
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            assert torch.equal(tensor.detach(), own[name])
+
+
+def test_the_accelerated_call_follows_a_changed_layout_and_restores_after_an_error():
+    """A submodule replaced or a parameter reassigned after the first call is honoured, so
+    is a buffer registered after it, and an exception in the forward leaves
+    the module's own tensors in place."""
+    module = _sequential_with_buffer()
+    backend = AcceleratedBackend()
+    x = torch.randn(3, 4)
+
+    def given() -> dict[str, torch.Tensor]:
+        return {n: torch.randn(p.shape) for n, p in module.named_parameters()}
+
+    backend.forward(module, given(), {}, x)
+    module[2] = nn.Linear(4, 3)  # the head replaced: a new owner of "2.weight"
+    params = given()
+    out = backend.forward(module, params, {}, x)
+    assert out.shape == (3, 3)
+    assert torch.equal(out, torch.func.functional_call(module, params, (x,)))
+    module[0].weight = nn.Parameter(torch.randn(4, 4))  # reassigned in place of the old one
+    params = given()
+    assert torch.equal(backend.forward(module, params, {}, x),
+                       torch.func.functional_call(module, params, (x,)))
+    own = module[0].weight
+    with pytest.raises(RuntimeError):
+        backend.forward(module, {**params, "0.weight": torch.randn(5, 5)}, {}, x)
+    assert module[0].weight is own
+    module.register_buffer("extra", torch.zeros(1))  # a name it did not hold before
+    assert torch.equal(backend.forward(module, params, {"extra": torch.ones(1)}, x),
+                       torch.func.functional_call(module, params, (x,)))

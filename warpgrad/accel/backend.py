@@ -2,7 +2,9 @@
 
 What it changes, operation by operation (figures in docs/performance.md):
 
-- every pass: under ``precision="bf16"`` the model's forward runs under bfloat16 autocast,
+- every pass: θ and φ go straight into the places the module holds its tensors in
+  (:mod:`~warpgrad.accel.slots`), not through ``functional_call``'s walk by name;
+  under ``precision="bf16"`` the model's forward runs under bfloat16 autocast,
   except WarpGrad's one step at θ_k, which stays float32;
 - passes whose gradient is differentiated again (MAML's adaptation, a kept step graph,
   WarpGrad's exact step) open :data:`~warpgrad.accel.scopes.SECOND_ORDER`, so that the
@@ -35,6 +37,7 @@ from warpgrad.accel import optim, prefetch, threads
 from warpgrad.accel.autograd import func_grad
 from warpgrad.accel.cuda_graphs import GraphCache, reads_of
 from warpgrad.accel.scopes import ARGMAX_ONLY, META_BACKWARD_BF16, SECOND_ORDER
+from warpgrad.accel.slots import Slots
 from warpgrad.accel.transforms import in_any_transform
 from warpgrad.engine.backend import (
     Backend,
@@ -106,11 +109,14 @@ class AcceleratedBackend(Backend):
 
     def _call(self, module: nn.Module, params: dict[str, Tensor],
               buffers: dict[str, Tensor], x: Tensor, *args: Any) -> Any:
-        # the reference finds the module's tied tensors on every call, a walk over every
-        # submodule that is most of a small network's forward; the layout does not change
-        if module not in _ALIASES:
-            _ALIASES[module] = tensor_aliases(module)
-        return call_with(module, params, buffers, (x, *args), _ALIASES[module])
+        # the reference walks every submodule on every call (ties, then functional_call's
+        # swap by name), most of a small network's forward; the layout rarely changes
+        slots = _SLOTS.get(module)
+        if slots is None or not (slots.current() and slots.holds(params, buffers)):
+            slots = _SLOTS[module] = Slots(module)
+        if slots.holds(params, buffers):
+            return slots.call(module, {**params, **buffers}, (x, *args))
+        return call_with(module, params, buffers, (x, *args), tensor_aliases(module))
 
     @contextmanager
     def full_precision(self) -> Iterator[None]:
@@ -295,7 +301,6 @@ def _to_float32(value: object) -> object:
     return value
 
 
-_ALIASES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[str, ...]]] = (
-    weakref.WeakKeyDictionary())
-"""Each converted module's tied tensors (:func:`~warpgrad.engine.backend.tensor_aliases`),
-found at its first forward."""
+_SLOTS: weakref.WeakKeyDictionary[nn.Module, Slots] = weakref.WeakKeyDictionary()
+"""Where each converted module holds its tensors (:class:`~warpgrad.accel.slots.Slots`),
+found at its first forward and again when its layout changes."""
