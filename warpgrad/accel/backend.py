@@ -114,9 +114,9 @@ class AcceleratedBackend(Backend):
         slots = _SLOTS.get(module)
         if slots is None or not (slots.current() and slots.holds(params, buffers)):
             slots = _SLOTS[module] = Slots(module)
-        if slots.holds(params, buffers):
-            return slots.call(module, {**params, **buffers}, (x, *args))
-        return call_with(module, params, buffers, (x, *args), tensor_aliases(module))
+            if not slots.holds(params, buffers):  # names the module does not hold
+                return call_with(module, params, buffers, (x, *args), tensor_aliases(module))
+        return slots.call(module, (params, buffers), (x, *args))
 
     @contextmanager
     def full_precision(self) -> Iterator[None]:

@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from warpgrad.engine.backend import tensor_aliases
+
 _Store = dict  # an owner's ``_parameters`` or ``_buffers``
 
 
@@ -28,27 +30,23 @@ class Slots:
     ``named_parameters()`` / ``named_buffers()`` give (a tied tensor's first name)."""
 
     def __init__(self, module: nn.Module) -> None:
+        aliases = tensor_aliases(module)  # a tied tensor's places, each place once
         self.places: dict[str, list[tuple[_Store, str]]] = {}
-        self._held: list[tuple[_Store, str, Tensor | None]] = []
+        self._held: list[tuple[_Store, str, Tensor]] = []
         steps: dict[tuple[int, str], tuple[dict, str, nn.Module]] = {}
-        seen: set[tuple[int, str]] = set()
-        first_name: dict[int, str] = {}
         for named, kind in ((module.named_parameters, "_parameters"),
                             (module.named_buffers, "_buffers")):
-            for name, tensor in named(remove_duplicate=False):
-                *path, key = name.split(".")
-                owner = module
-                for part in path:
-                    child = owner._modules[part]
-                    steps[(id(owner._modules), part)] = (owner._modules, part, child)
-                    owner = child
-                store = getattr(owner, kind)
-                if (id(store), key) in seen:  # a submodule reached by two paths: one place
-                    continue
-                seen.add((id(store), key))
-                first = first_name.setdefault(id(tensor), name)
-                self.places.setdefault(first, []).append((store, key))
-                self._held.append((store, key, tensor))
+            for name, tensor in named():
+                for place in aliases.get(name, (name,)):
+                    *path, key = place.split(".")
+                    owner = module
+                    for part in path:
+                        child = owner._modules[part]
+                        steps[(id(owner._modules), part)] = (owner._modules, part, child)
+                        owner = child
+                    store = getattr(owner, kind)
+                    self.places.setdefault(name, []).append((store, key))
+                    self._held.append((store, key, tensor))
         self._steps = list(steps.values())
         self.names = frozenset(self.places)
 
@@ -61,15 +59,17 @@ class Slots:
         """Whether every name in ``tensors`` is one of :attr:`names`."""
         return all(t.keys() <= self.names for t in tensors)
 
-    def call(self, module: nn.Module, tensors: Mapping[str, Tensor], args: tuple[Any, ...]
-             ) -> Any:
-        """``module(*args)`` with ``tensors`` (names in :attr:`names`) in their places."""
+    def call(self, module: nn.Module, tensors: tuple[Mapping[str, Tensor], ...],
+             args: tuple[Any, ...]) -> Any:
+        """``module(*args)`` with the ``tensors`` of each mapping (names in :attr:`names`) in
+        their places."""
         saved = []
         try:
-            for name, value in tensors.items():
-                for store, key in self.places[name]:
-                    saved.append((store, key, store[key]))
-                    store[key] = value
+            for mapping in tensors:
+                for name, value in mapping.items():
+                    for store, key in self.places[name]:
+                        saved.append((store, key, store[key]))
+                        store[key] = value
             return module(*args)
         finally:
             for store, key, old in reversed(saved):
