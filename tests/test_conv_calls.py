@@ -2,6 +2,7 @@
 of the benchmark suite): every call is seen, under ``torch.func`` transforms and in second
 derivatives too, its FLOPs are the ones ``torch.utils.flop_counter`` counts, a replay makes
 the same call, and the calls of a meta-iteration grow linearly in K, as the figure assumes.
+Timing every operator in place sees every call and puts the convolutions' among them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import flop_registry
 
 from warpgrad import bench
 from warpgrad.bench import common
-from warpgrad.bench.conv_calls import ConvCall, record_convolutions, replay
+from warpgrad.bench.conv_calls import ConvCall, record_convolutions, replay, time_operators
 
 
 class _ConvFlops(TorchDispatchMode):
@@ -124,3 +125,38 @@ def test_expanded_inputs_are_replayed_with_their_strides():
     tensors = call.make_tensors("cpu")
     assert tensors[0].stride() == x.stride() and tensors[2] is None
     assert call.run(tensors).shape == (3, 4, 4, 4)
+
+
+class _Calls(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_operators_timed_in_place_are_every_call_and_the_convolutions_among_them():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    w = torch.randn(5, 3, 3, 3, generator=g)
+
+    def second_order():  # a convolution's gradient, differentiated again under torch.func
+        def loss(weight):
+            return F.conv2d(x, weight, padding=1).tanh().square().sum()
+
+        return torch.func.grad(lambda v: torch.func.grad(loss)(v).square().sum())(w)
+
+    counter = _Calls()
+    with counter:
+        second_order()
+    convolutions = sum(n for op, n in counter.calls.items() if "convolution" in op)
+    timed = time_operators(second_order)
+    assert timed.calls == sum(counter.calls.values()) and convolutions >= 3
+    assert 0 < timed.convolution_seconds < timed.seconds < timed.wall_seconds
+    assert 0 < timed.timer_seconds * timed.calls < timed.wall_seconds
+    m = torch.randn(256, 256, generator=g)
+    without = time_operators(lambda: torch.func.grad(lambda v: (v @ v @ v).sum())(m))
+    assert without.convolution_calls == 0 and without.convolution_seconds == 0
+    assert without.calls > 0 and without.seconds > 0

@@ -11,6 +11,12 @@ distinct call again on fresh tensors of the same layout and times it; the sum ov
 what the convolutions alone cost. Inputs stay in the cache between repetitions where they
 fit, so the figure is a floor, not a forecast.
 
+:func:`time_operators` times every operator call (not only the convolutions) where it runs,
+in the computation's own order and caches: the time inside PyTorch's kernels, without the
+Python, autograd and dispatch around them, a floor that the computation's wall time cannot
+go under with these kernels (CPU only: on a GPU a call returns before its kernel ends).
+Unlike a replay it pays the cache misses the computation's own order causes.
+
 FLOPs count a multiply-add as two, as ``torch.utils.flop_counter`` does: a convolution's
 forward, its gradient for the input and its gradient for the weight cost the same.
 """
@@ -113,6 +119,63 @@ def record_convolutions(fn: Callable[[], Any]) -> Counter[ConvCall]:
     with recorder:
         fn()
     return recorder.calls
+
+
+@dataclass
+class OperatorTime:
+    """What :func:`time_operators` measured: ``seconds`` inside all operator calls and
+    ``convolution_seconds`` inside the convolutions' (forward and backward), each less the
+    timer's own cost, ``timer_seconds`` per call (on a one-element addition); ``calls``,
+    ``convolution_calls``; ``wall_seconds``, the whole call of ``fn`` (timing adds to it)."""
+
+    seconds: float = 0.0
+    convolution_seconds: float = 0.0
+    calls: int = 0
+    convolution_calls: int = 0
+    timer_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+class _Clock(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.time = OperatorTime()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        elapsed = time.perf_counter() - start
+        self.time.seconds += elapsed
+        self.time.calls += 1
+        if func is _FORWARD or func is _BACKWARD:
+            self.time.convolution_seconds += elapsed
+            self.time.convolution_calls += 1
+        return out
+
+
+def _timed(fn: Callable[[], Any]) -> OperatorTime:
+    clock = _Clock()
+    start = time.perf_counter()
+    with clock:
+        fn()
+    clock.time.wall_seconds = time.perf_counter() - start
+    return clock.time
+
+
+def time_operators(fn: Callable[[], Any]) -> OperatorTime:
+    """Run ``fn()`` on the CPU and add up the time spent inside each operator call, below
+    autograd and the ``torch.func`` transforms, as the module docstring says. The clock's
+    own cost per call (its median over one-element additions, whose kernel it includes, so
+    that the figure errs low) is taken off every call."""
+    one = torch.ones(1)
+    costs = [_timed(lambda: [one + one for _ in range(200)]) for _ in range(11)]
+    timer = statistics.median(c.seconds / c.calls for c in costs)
+    timed = _timed(fn)
+    timed.timer_seconds = timer
+    timed.seconds = max(0.0, timed.seconds - timer * timed.calls)
+    timed.convolution_seconds = max(0.0, timed.convolution_seconds
+                                    - timer * timed.convolution_calls)
+    return timed
 
 
 @dataclass

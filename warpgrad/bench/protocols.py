@@ -34,12 +34,16 @@ from warpgrad.bench.common import Scale, case, measure
 @dataclass(frozen=True)
 class Protocol:
     """An experiment with overrides (``full``, and ``small`` on top of them at small
-    scale) and the methods timed, each a label with its own overrides."""
+    scale), the methods timed, each a label with its own overrides, and ``reps``, the
+    meta-iterations timed per method at full scale (one at small scale)."""
 
     experiment: str
     full: tuple[str, ...]
     small: tuple[str, ...]
     methods: tuple[tuple[str, str, tuple[str, ...]], ...]  # (label, method, overrides)
+    # a protocol whose meta-iteration is short gets more: one process runs 5-10% faster or
+    # slower than the next, and a median of three such runs moved sine's ratio by ±0.06
+    reps: int = 3
 
 
 _SCALED = ("filters=64", "batch_size=32", "steps=20", "meta_batch=5", "point_stride=1",
@@ -53,11 +57,14 @@ PROTOCOLS: dict[str, Protocol] = {
          ("leap", "leap", ()))),
     "fewshot": Protocol(
         "glyphs-fewshot", (), ("filters=8", "meta_batch=2", "steps=2"),
-        (("warp-maml", "warp-maml", ()), ("maml", "maml", ()))),
+        (("warp-maml", "warp-maml", ()), ("maml", "maml", ())), reps=7),
     "sine": Protocol(
         "sine", (), ("meta_batch=2",),
-        (("warp-leap", "warp-leap", ()), ("leap", "leap", ()))),
+        (("warp-leap", "warp-leap", ()), ("leap", "leap", ())), reps=21),
 }
+
+
+_SECONDS_TARGETS = ("scaled-multishot",)  # targets.json's protocol_seconds are its methods'
 
 
 def _overrides(scale: Scale, protocol: Protocol, extra: tuple[str, ...]) -> list[str]:
@@ -95,6 +102,22 @@ def case_protocol(scale: Scale, name: str, label: str, reps: int) -> dict[str, f
         peak = max(peak, r["peak_rss_mb"])
     return {"seconds": statistics.median(times), "min_seconds": min(times),
             "peak_rss_mb": peak}
+
+
+@case("protocol_operators")
+def case_protocol_operators(scale: Scale, name: str, label: str) -> dict[str, float]:
+    """One meta-iteration of method ``label`` of protocol ``name``, after one to warm up,
+    with every operator call timed where it runs (:func:`~warpgrad.bench.conv_calls.
+    time_operators`): ``seconds`` inside the operators, ``convolution_seconds``, ``calls``,
+    ``wall_seconds``."""
+    from warpgrad.bench.conv_calls import time_operators
+
+    method, _, _, experiment = _experiment(scale, name, label)
+    learner = experiment.build_learner(method)
+    generator = torch.Generator().manual_seed(0)
+    learner.meta_step(experiment.sample_meta_batch(generator))
+    tasks = experiment.sample_meta_batch(generator)
+    return vars(time_operators(lambda: learner.meta_step(tasks)))
 
 
 @case("protocol_bare")
@@ -228,11 +251,14 @@ def figure(scale: Scale, log: Callable[[str], None], meta: dict[str, Any]) -> di
     """Per protocol: its ``experiment``, ``reps`` and ``overrides``; each method's
     ``seconds`` per meta-iteration (median of ``reps``), ``min_seconds`` and
     ``peak_rss_mb``; ``overhead`` per warp method (its ``bare_seconds`` and ``ratio``); for
-    ``fewshot`` the ``ratio`` of Warp-MAML over MAML."""
+    ``fewshot`` the ``ratio`` of Warp-MAML over MAML; on a CPU, for the protocols whose
+    seconds are targets (``scaled-multishot``), ``operators`` per method: the time inside
+    PyTorch's operators, timed in place (:func:`case_protocol_operators`), the floor under
+    its seconds with these kernels."""
     del meta
-    reps = 3 if scale.name == "full" else 1
     out: dict[str, Any] = {}
     for name, protocol in PROTOCOLS.items():
+        reps = protocol.reps if scale.name == "full" else 1
         entry: dict[str, Any] = {"experiment": protocol.experiment, "reps": reps,
                                  "overrides": _overrides(scale, protocol, ()), "methods": {},
                                  "overhead": {}}
@@ -246,6 +272,10 @@ def figure(scale: Scale, log: Callable[[str], None], meta: dict[str, Any]) -> di
                 ratio = timed["seconds"] / bare
                 entry["overhead"][label] = {"bare_seconds": bare, "ratio": ratio}
                 log(f"  bare compute {bare:.3f} s, ratio {ratio:.3f}")
+            if name in _SECONDS_TARGETS and not scale.device.startswith("cuda"):
+                inside = common.run_case("protocol_operators", scale, name, label)
+                entry.setdefault("operators", {})[label] = inside
+                log(f"  inside the operators {inside['seconds']:.3f} s")
         out[name] = entry
     few = out["fewshot"]["methods"]
     out["fewshot"]["ratio"] = few["warp-maml"]["seconds"] / few["maml"]["seconds"]

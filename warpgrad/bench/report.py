@@ -40,6 +40,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
         for variant, r in entry.get("overhead", {}).items():
             out.append((f"protocol {name}", f"overhead ratio ({variant})", f"{r['ratio']:.3f}",
                         "x"))
+        for method, r in entry.get("operators", {}).items():
+            out.append((f"protocol {name}", f"inside the operators ({method})",
+                        f"{r['seconds']:.3f}", "s"))
+            out.append((f"protocol {name}", f"inside the convolutions ({method})",
+                        f"{r['convolution_seconds']:.3f}", "s"))
         if "ratio" in entry:
             out.append((f"protocol {name}", "warp-maml / maml", f"{entry['ratio']:.2f}", "x"))
     if "warped_step" in results:
