@@ -86,17 +86,28 @@ def _experiment(scale: Scale, name: str, label: str) -> tuple[str, str, Any, Any
     return method, kind, config, registry.KINDS[kind].experiment(config, protocol.experiment)
 
 
+def _warmed_up(scale: Scale, name: str, label: str) -> tuple[Any, Callable[[], Any]]:
+    """The learner of method ``label`` of protocol ``name`` after one meta-iteration, and
+    a draw of the next meta-batch (seeded: every case draws the same batches)."""
+    method, _, _, experiment = _experiment(scale, name, label)
+    learner = experiment.build_learner(method)
+    generator = torch.Generator().manual_seed(0)
+
+    def draw() -> Any:
+        return experiment.sample_meta_batch(generator)
+
+    learner.meta_step(draw())
+    return learner, draw
+
+
 @case("protocol")
 def case_protocol(scale: Scale, name: str, label: str, reps: int) -> dict[str, float]:
     """``reps`` meta-iterations of one method of protocol ``name``, after one to warm up:
     ``seconds`` (the median), ``min_seconds``, ``peak_rss_mb``."""
-    method, _, _, experiment = _experiment(scale, name, label)
-    learner = experiment.build_learner(method)
-    generator = torch.Generator().manual_seed(0)
-    learner.meta_step(experiment.sample_meta_batch(generator))
+    learner, draw = _warmed_up(scale, name, label)
     times, peak = [], 0.0
     for _ in range(reps):
-        tasks = experiment.sample_meta_batch(generator)
+        tasks = draw()
         r = measure(lambda tasks=tasks: learner.meta_step(tasks))
         times.append(r["seconds"])
         peak = max(peak, r["peak_rss_mb"])
@@ -112,11 +123,8 @@ def case_protocol_operators(scale: Scale, name: str, label: str) -> dict[str, fl
     ``wall_seconds``."""
     from warpgrad.bench.conv_calls import time_operators
 
-    method, _, _, experiment = _experiment(scale, name, label)
-    learner = experiment.build_learner(method)
-    generator = torch.Generator().manual_seed(0)
-    learner.meta_step(experiment.sample_meta_batch(generator))
-    tasks = experiment.sample_meta_batch(generator)
+    learner, draw = _warmed_up(scale, name, label)
+    tasks = draw()
     return vars(time_operators(lambda: learner.meta_step(tasks)))
 
 

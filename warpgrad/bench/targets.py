@@ -142,15 +142,14 @@ def _protocol_targets(protocols: dict[str, Any], gpu: bool, full: bool
     scaled = protocols.get("scaled-multishot", {})
     judge = _judged("protocol_seconds", full)
     for method in load_targets()["targets"]["protocol_seconds"]["value"]:
+        limit = _target("protocol_seconds", method)
         r = scaled.get("methods", {}).get(method)
         if r is not None and not gpu:
-            limit = _target("protocol_seconds", method)
             out.append({"target": f"scaled multi-shot {method} meta-iteration seconds",
                         "value": r["seconds"], "limit": limit.text(),
                         "met": limit.met(r["seconds"]) if judge else None})
         inside = scaled.get("operators", {}).get(method)
         if inside is not None and not gpu:  # can the target be met with these kernels?
-            limit = _target("protocol_seconds", method)
             out.append({"target": f"scaled multi-shot {method}: inside the operators, "
                                   "seconds (a floor under the meta-iteration)",
                         "value": inside["seconds"],
